@@ -1,0 +1,34 @@
+# Heron's two commands: `make demo` and `make test`. Both create .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.heron-installed
+# Two workers on the 2-core reference machine; override with `make test PYTEST_WORKERS=1`.
+PYTEST_WORKERS ?= auto
+
+.PHONY: setup test lint format demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check heron tests benchmarks
+	$(VENV)/bin/ruff format --check heron tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix heron tests benchmarks
+	$(VENV)/bin/ruff format heron tests benchmarks
+
+test: lint
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+
+demo: $(STAMP)
+	$(PY) -m heron demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

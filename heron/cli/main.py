@@ -1,0 +1,57 @@
+"""Entry point of the `heron` command (also `python -m heron`).
+
+Each verb lives in its own module under heron/cli and registers an argparse sub-parser;
+`main` dispatches to it. Verbs that need heavy imports (torch models, data) import them
+inside their handler so `heron --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from heron import __version__
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    from heron.utils.env import collect_env_info
+
+    print(collect_env_info())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from heron.cli.demo import run_demo
+
+    return run_demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per verb."""
+    parser = argparse.ArgumentParser(
+        prog="heron",
+        description="Heron: detection and segmentation on PyTorch with Detectron2's API.",
+    )
+    parser.add_argument("--version", action="version", version=f"heron {__version__}")
+    verbs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    env = verbs.add_parser("env", help="print versions of Heron, PyTorch and friends, and devices")
+    env.set_defaults(handler=_cmd_env)
+    demo = verbs.add_parser(
+        "demo",
+        help="a short tour of what works today (structures, ops, configs)",
+        description="Runs a short tour of Heron's foundation on made-up data and prints "
+        "what each step computed. Training on the shapes dataset replaces it when the "
+        "main job lands.",
+    )
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (default: sys.argv[1:]) and run the chosen verb; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(args.handler(args))

@@ -1,0 +1,155 @@
+"""Non-maximum suppression: axis-aligned through torchvision, rotated in pure PyTorch.
+
+Shapes:
+    N: number of boxes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import boxes as box_ops
+from torchvision.ops import nms
+
+from heron.structures.rotated_boxes import pairwise_iou_rotated
+
+__all__ = ["batched_nms", "batched_nms_rotated", "nms", "nms_rotated"]
+
+# Sorted boxes handled together by nms_rotated: each block is compared with the boxes kept
+# so far in one IoU call, then resolved greedily inside.
+_NMS_BLOCK = 256
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """Run NMS separately per category, through `torchvision.ops.batched_nms`.
+
+    As Detectron2, boxes are cast to float32 first: float16 lacks the range for the
+    per-category coordinate offsets torchvision may use.
+
+    Args:
+        boxes: (N, 4) boxes, XYXY absolute pixels.
+        scores: (N,) scores.
+        idxs: (N,) int64 category of each box; boxes of different categories never
+            suppress each other.
+        iou_threshold: boxes with IoU > iou_threshold with a kept, higher-scoring box of
+            the same category are discarded.
+
+    Returns:
+        (K,) int64 indices of the kept boxes, by decreasing score.
+    """
+    if boxes.dim() != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"batched_nms: boxes must be (N, 4), got shape {tuple(boxes.shape)}")
+    boxes = boxes.float()
+    if scores.dtype != boxes.dtype:  # torchvision requires one dtype (e.g. float64 scores)
+        scores = scores.to(boxes.dtype)
+    return box_ops.batched_nms(boxes, scores, idxs, iou_threshold)
+
+
+def nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression of rotated boxes by their exact IoU.
+
+    Boxes are visited by decreasing score; a box is discarded when its IoU with a kept,
+    higher-scoring box is > iou_threshold (the rule of Detectron2's CUDA kernel and of
+    torchvision's `nms`; Detectron2's CPU kernel uses >=). Only the angle's effect on the
+    covered region matters: (x, y, w, h, 90) and (x, y, w, h, -90) have IoU 1. Equal
+    scores keep their input order.
+
+    Work is blockwise: each block of sorted boxes is first compared with the boxes kept so
+    far, then the survivors are resolved among themselves.
+
+    Args:
+        boxes: (N, 5) rotated boxes (cx, cy, w, h, angle in degrees).
+        scores: (N,) scores.
+        iou_threshold: suppression threshold in [0, 1].
+
+    Returns:
+        (K,) int64 indices into `boxes` of the kept boxes, by decreasing score.
+    """
+    if boxes.dim() != 2 or boxes.shape[-1] != 5:
+        raise ValueError(f"nms_rotated: boxes must be (N, 5), got shape {tuple(boxes.shape)}")
+    if scores.shape != boxes.shape[:1]:
+        raise ValueError(
+            f"nms_rotated: scores must be ({boxes.shape[0]},) to match boxes, "
+            f"got shape {tuple(scores.shape)}"
+        )
+    if boxes.shape[0] == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    sorted_boxes = boxes[order]
+    kept_boxes = sorted_boxes[:0]
+    kept_positions = []  # positions in the sorted order
+    for start in range(0, sorted_boxes.shape[0], _NMS_BLOCK):
+        block = sorted_boxes[start : start + _NMS_BLOCK]
+        if kept_boxes.shape[0] > 0:
+            overlaps = pairwise_iou_rotated(kept_boxes, block) > iou_threshold
+            survivors = torch.nonzero(~overlaps.any(dim=0)).squeeze(1)
+        else:
+            survivors = torch.arange(block.shape[0], device=block.device)
+        if survivors.numel() == 0:
+            continue
+        candidates = block[survivors]
+        suppresses = pairwise_iou_rotated(candidates, candidates) > iou_threshold
+        winners = survivors[_greedy_keep(torch.triu(suppresses, diagonal=1))]
+        kept_boxes = torch.cat((kept_boxes, block[winners]), dim=0)
+        kept_positions.append(winners + start)
+    if not kept_positions:  # unreachable for N > 0: the best box is always kept
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    return order[torch.cat(kept_positions)]
+
+
+def _greedy_keep(suppresses: Tensor) -> Tensor:
+    """Resolve a block greedily: (K, K) bool, [i, j] = i (earlier) suppresses j -> kept indices.
+
+    The block is small (at most `_NMS_BLOCK` boxes), so the sequential part runs on the
+    host over a copy, looping once per box and doing work only for kept ones.
+    """
+    matrix = suppresses.cpu().numpy()
+    removed = np.zeros(matrix.shape[0], dtype=bool)
+    keep = []
+    for i in range(matrix.shape[0]):
+        if not removed[i]:
+            keep.append(i)
+            removed |= matrix[i]
+    return torch.as_tensor(keep, dtype=torch.int64, device=suppresses.device)
+
+
+def batched_nms_rotated(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float
+) -> Tensor:
+    """Run rotated NMS separately per category.
+
+    As Detectron2, each category's boxes are moved by the same offset along x and y,
+    idx * (max_coordinate - min_coordinate + 1), where max_coordinate is the largest
+    max(cx, cy) + max(w, h) / 2 and min_coordinate the smallest min(cx, cy) - max(w, h) / 2
+    over all boxes; then a single `nms_rotated` call sees categories far apart. Using the
+    minimum too keeps this correct for negative coordinates.
+
+    Args:
+        boxes: (N, 5) rotated boxes (cx, cy, w, h, angle in degrees).
+        scores: (N,) scores.
+        idxs: (N,) int64 category of each box.
+        iou_threshold: suppression threshold, as in `nms_rotated`.
+
+    Returns:
+        (K,) int64 indices of the kept boxes, by decreasing score.
+    """
+    if boxes.dim() != 2 or boxes.shape[-1] != 5:
+        raise ValueError(
+            f"batched_nms_rotated: boxes must be (N, 5), got shape {tuple(boxes.shape)}"
+        )
+    if idxs.shape != boxes.shape[:1]:
+        raise ValueError(
+            f"batched_nms_rotated: idxs must be ({boxes.shape[0]},) to match boxes, "
+            f"got shape {tuple(idxs.shape)}"
+        )
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    boxes = boxes.float()  # float16 lacks the range for the offsets
+    max_side = torch.max(boxes[:, 2], boxes[:, 3])
+    max_coordinate = (torch.max(boxes[:, 0], boxes[:, 1]) + max_side / 2).max()
+    min_coordinate = (torch.min(boxes[:, 0], boxes[:, 1]) - max_side / 2).min()
+    offsets = idxs.to(boxes) * (max_coordinate - min_coordinate + 1)
+    boxes_for_nms = boxes.clone()
+    boxes_for_nms[:, :2] += offsets[:, None]
+    return nms_rotated(boxes_for_nms, scores, iou_threshold)
