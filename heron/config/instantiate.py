@@ -9,7 +9,6 @@ keys are the keyword arguments. ``instantiate`` makes the calls bottom-up, as De
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections import abc
 from typing import Any
 
@@ -18,8 +17,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from heron.utils.registry import _convert_target_to_string, locate
 
 __all__ = ["dump_dataclass", "instantiate"]
-
-logger = logging.getLogger(__name__)
 
 
 def dump_dataclass(obj: Any) -> dict[str, Any]:
@@ -63,9 +60,9 @@ def instantiate(cfg: Any) -> Any:
     - A DictConfig backed by a dataclass (omegaconf structured config) becomes that dataclass.
     - A list, tuple or ListConfig has each element instantiated; a ListConfig comes back as a
       ListConfig (as in Detectron2), the others keep their type.
-    - A mapping without ``_target_`` has its values instantiated. If none of them changes, the
-      mapping itself is returned, as Detectron2 does; otherwise a new mapping of the same kind
-      (a DictConfig that may hold objects, or a dict).
+    - A mapping without ``_target_`` has its values instantiated and comes back as a
+      DictConfig (that may hold objects) or a dict.
+    - A container with no ``_target_`` anywhere inside is returned itself, not a copy.
     - Anything else is returned as is.
 
     Args:
@@ -84,14 +81,14 @@ def instantiate(cfg: Any) -> Any:
 
 
 def _instantiate(cfg: Any, path: str) -> Any:
-    if isinstance(cfg, ListConfig):
-        return ListConfig(
-            [_instantiate(x, f"{path}[{i}]") for i, x in enumerate(cfg)],
-            flags={"allow_objects": True},
-        )
     if isinstance(cfg, (list, tuple)) or (OmegaConf.is_config(cfg) and _is_sequence(cfg)):
-        # plain lists and tuples, and the tuple nodes of omegaconf versions that have them
-        items = [_instantiate(x, f"{path}[{i}]") for i, x in enumerate(cfg)]
+        # ListConfig, plain lists and tuples, and omegaconf's tuple nodes where it has them
+        originals = list(cfg)
+        items = [_instantiate(x, f"{path}[{i}]") for i, x in enumerate(originals)]
+        if all(new is old for new, old in zip(items, originals)):
+            return cfg
+        if isinstance(cfg, ListConfig):
+            return ListConfig(items, flags={"allow_objects": True})
         return items if isinstance(cfg, list) else tuple(items)
     if isinstance(cfg, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(cfg)):
         return OmegaConf.to_object(cfg)
@@ -123,7 +120,6 @@ def _call(cfg: abc.Mapping, path: str) -> Any:
     try:
         return target(**kwargs)
     except TypeError as e:
-        logger.error("Error when instantiating %s at %s", name, where)
         raise TypeError(f"Error instantiating {name} at {where}: {e}") from e
 
 
