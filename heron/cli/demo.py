@@ -22,10 +22,12 @@ def run_demo() -> int:
     from heron.config import get_cfg
     from heron.layers import batched_nms, nms_rotated, paste_masks_in_image
     from heron.model_zoo import get_config_file
+    from heron.modeling import build_model
     from heron.structures import (
         BitMasks,
         Boxes,
         BoxMode,
+        Instances,
         PolygonMasks,
         RotatedBoxes,
         pairwise_iou,
@@ -75,4 +77,19 @@ def run_demo() -> int:
         f"a full 28x28 mask pasted into box (8,4)-(24,20): {int(pasted.sum())} px set (16x16 = 256)"
     )
 
+    _step("A Mask R-CNN R50-FPN built from the zoo config (untrained weights)")
+    torch.manual_seed(0)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    model = build_model(cfg).eval()
+    params = sum(p.numel() for p in model.parameters())
+    image = torch.rand(3, 240, 320) * 255
+    with torch.no_grad():
+        result: Instances = model([{"image": image, "height": 240, "width": 320}])[0]["instances"]
+    print(
+        f"{params / 1e6:.1f}M parameters; on a 240x320 image it returns {len(result)} instances "
+        f"with fields {sorted(result.get_fields())}"
+    )
+    print(
+        "\nLoad Detectron2 weights with heron.checkpoint.DetectionCheckpointer(model).load(path)."
+    )
     return 0

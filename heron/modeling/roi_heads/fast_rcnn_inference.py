@@ -1,0 +1,87 @@
+"""Turning per-region class scores and boxes into final detections.
+
+Shapes:
+    R: regions of one image; K: foreground classes; C: box sets (K or 1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from heron.layers.nms import batched_nms
+from heron.structures.boxes import Boxes
+from heron.structures.instances import Instances
+
+__all__ = ["fast_rcnn_inference", "fast_rcnn_inference_single_image"]
+
+
+def fast_rcnn_inference(
+    boxes: list[Tensor] | tuple[Tensor, ...],
+    scores: list[Tensor] | tuple[Tensor, ...],
+    image_shapes: list[tuple[int, int]],
+    score_thresh: float,
+    nms_thresh: float,
+    topk_per_image: int,
+) -> tuple[list[Instances], list[Tensor]]:
+    """Detections for every image: see `fast_rcnn_inference_single_image`.
+
+    Returns:
+        instances: per image, ``pred_boxes``, ``scores``, ``pred_classes``.
+        kept_indices: per image, (D,) int64 index of the region each detection came from.
+    """
+    results = [
+        fast_rcnn_inference_single_image(b, s, shape, score_thresh, nms_thresh, topk_per_image)
+        for b, s, shape in zip(boxes, scores, image_shapes)
+    ]
+    return [r[0] for r in results], [r[1] for r in results]
+
+
+def fast_rcnn_inference_single_image(
+    boxes: Tensor,
+    scores: Tensor,
+    image_shape: tuple[int, int],
+    score_thresh: float,
+    nms_thresh: float,
+    topk_per_image: int,
+) -> tuple[Instances, Tensor]:
+    """Score threshold, per-class NMS and top-k for one image.
+
+    Args:
+        boxes: (R, C*4) predicted boxes, XYXY pixels of the network input.
+        scores: (R, K + 1) class probabilities, last column background.
+        image_shape: (h, w) to clip boxes to.
+        score_thresh: keep (region, class) pairs scoring strictly above this.
+        nms_thresh: IoU threshold of the class-wise NMS.
+        topk_per_image: keep this many detections (< 0: all).
+
+    Returns:
+        Instances sorted by decreasing score, and the (D,) region index of each.
+    """
+    valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+    if not valid.all():
+        boxes, scores = boxes[valid], scores[valid]
+    scores = scores[:, :-1]  # drop background
+    num_box_sets = boxes.shape[1] // 4
+    clipped = Boxes(boxes.reshape(-1, 4))
+    clipped.clip(image_shape)
+    boxes = clipped.tensor.view(-1, num_box_sets, 4)  # (R, C, 4)
+
+    filter_mask = scores > score_thresh  # (R, K)
+    filter_inds = filter_mask.nonzero()  # (D0, 2): region, class
+    if num_box_sets == 1:
+        boxes = boxes[filter_inds[:, 0], 0]
+    else:
+        boxes = boxes[filter_mask]
+    scores = scores[filter_mask]
+
+    keep = batched_nms(boxes, scores, filter_inds[:, 1], nms_thresh)
+    if topk_per_image >= 0:
+        keep = keep[:topk_per_image]
+    boxes, scores, filter_inds = boxes[keep], scores[keep], filter_inds[keep]
+
+    result = Instances(image_shape)
+    result.pred_boxes = Boxes(boxes)
+    result.scores = scores
+    result.pred_classes = filter_inds[:, 1]
+    return result, filter_inds[:, 0]
