@@ -8,6 +8,7 @@ proposals and detections match its numbers.
 from __future__ import annotations
 
 import math
+from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +99,50 @@ def _grid_offsets(
     return shift_x.reshape(-1), shift_y.reshape(-1)
 
 
-class DefaultAnchorGenerator(nn.Module):
+class _GridAnchorGenerator(nn.Module, metaclass=ABCMeta):
+    """Shared machinery: per-level cell anchors (non-persistent buffers) shifted to every
+    feature-map location, location-major then cell anchor, as Detectron2 orders them."""
+
+    box_dim: int
+    _box_type: type
+
+    def _init_grid(self, strides: Sequence[int], offset: float) -> None:
+        if not 0.0 <= offset < 1.0:
+            raise ValueError(f"anchor offset must be in [0, 1), got {offset}")
+        self.strides = list(strides)
+        self.num_features = len(self.strides)
+        self.offset = offset
+
+    @property
+    def num_cell_anchors(self) -> list[int]:
+        """Alias of `num_anchors` (Detectron2 keeps both names)."""
+        return self.num_anchors
+
+    @property
+    def num_anchors(self) -> list[int]:
+        """Anchors per location, for each feature map."""
+        return [len(cell) for cell in self.cell_anchors]
+
+    @abstractmethod
+    def _shifts(self, shift_x: Tensor, shift_y: Tensor) -> Tensor:
+        """(H*W, box_dim) offsets that move a cell anchor to each location."""
+
+    def _grid_anchors(self, grid_sizes: list[Sequence[int]]) -> list[Tensor]:
+        anchors = []
+        dim = self.box_dim
+        for size, stride, base in zip(grid_sizes, self.strides, self.cell_anchors):
+            shifts = self._shifts(*_grid_offsets(size, stride, self.offset, base))
+            # (H*W, 1, D) + (1, A, D) -> (H*W*A, D), location-major.
+            anchors.append((shifts.view(-1, 1, dim) + base.view(1, -1, dim)).reshape(-1, dim))
+        return anchors
+
+    def forward(self, features: list[Tensor]) -> list:
+        """L feature maps (N, C, Hi, Wi) -> L box sets of Hi * Wi * A anchors each."""
+        grid_sizes = [f.shape[-2:] for f in features]
+        return [self._box_type(a) for a in self._grid_anchors(grid_sizes)]
+
+
+class DefaultAnchorGenerator(_GridAnchorGenerator):
     """Axis-aligned anchors of several sizes and aspect ratios at every location.
 
     forward: list of L (N, C, Hi, Wi) feature maps -> list of L `Boxes` with
@@ -106,6 +150,7 @@ class DefaultAnchorGenerator(nn.Module):
     """
 
     box_dim: int = 4
+    _box_type = Boxes
 
     @configurable
     def __init__(
@@ -125,16 +170,12 @@ class DefaultAnchorGenerator(nn.Module):
                 image's top-left corner, 0.5 at the first cell's centre.
         """
         super().__init__()
-        if not 0.0 <= offset < 1.0:
-            raise ValueError(f"anchor offset must be in [0, 1), got {offset}")
-        self.strides = list(strides)
-        self.num_features = len(self.strides)
+        self._init_grid(strides, offset)
         sizes = _broadcast_params(sizes, self.num_features, "sizes")
         aspect_ratios = _broadcast_params(aspect_ratios, self.num_features, "aspect_ratios")
         self.cell_anchors = BufferList(
             [self.generate_cell_anchors(s, a).float() for s, a in zip(sizes, aspect_ratios)]
         )
-        self.offset = offset
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: list[ShapeSpec]) -> dict[str, Any]:
@@ -144,16 +185,6 @@ class DefaultAnchorGenerator(nn.Module):
             "strides": [x.stride for x in input_shape],
             "offset": cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
         }
-
-    @property
-    def num_cell_anchors(self) -> list[int]:
-        """Alias of `num_anchors` (Detectron2 keeps both names)."""
-        return self.num_anchors
-
-    @property
-    def num_anchors(self) -> list[int]:
-        """Anchors per location, for each feature map."""
-        return [len(cell) for cell in self.cell_anchors]
 
     def generate_cell_anchors(
         self,
@@ -173,27 +204,18 @@ class DefaultAnchorGenerator(nn.Module):
                 anchors.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
         return torch.tensor(anchors)
 
-    def _grid_anchors(self, grid_sizes: list[Sequence[int]]) -> list[Tensor]:
-        anchors = []
-        for size, stride, base in zip(grid_sizes, self.strides, self.cell_anchors):
-            shift_x, shift_y = _grid_offsets(size, stride, self.offset, base)
-            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
-            # (H*W, 1, 4) + (1, A, 4) -> (H*W*A, 4), location-major.
-            anchors.append((shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4))
-        return anchors
-
-    def forward(self, features: list[Tensor]) -> list[Boxes]:
-        grid_sizes = [f.shape[-2:] for f in features]
-        return [Boxes(a) for a in self._grid_anchors(grid_sizes)]
+    def _shifts(self, shift_x: Tensor, shift_y: Tensor) -> Tensor:
+        return torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
 
 
-class RotatedAnchorGenerator(nn.Module):
+class RotatedAnchorGenerator(_GridAnchorGenerator):
     """Rotated anchors (cx, cy, w, h, angle) of several sizes, ratios and angles.
 
     forward: list of L feature maps -> list of L `RotatedBoxes` with Hi * Wi * A anchors.
     """
 
     box_dim: int = 5
+    _box_type = RotatedBoxes
 
     @configurable
     def __init__(
@@ -205,11 +227,9 @@ class RotatedAnchorGenerator(nn.Module):
         angles: Sequence[Sequence[float]] | Sequence[float],
         offset: float = 0.5,
     ) -> None:
+        """As `DefaultAnchorGenerator`, plus ``angles`` (degrees) per level or for all."""
         super().__init__()
-        if not 0.0 <= offset < 1.0:
-            raise ValueError(f"anchor offset must be in [0, 1), got {offset}")
-        self.strides = list(strides)
-        self.num_features = len(self.strides)
+        self._init_grid(strides, offset)
         sizes = _broadcast_params(sizes, self.num_features, "sizes")
         aspect_ratios = _broadcast_params(aspect_ratios, self.num_features, "aspect_ratios")
         angles = _broadcast_params(angles, self.num_features, "angles")
@@ -219,7 +239,6 @@ class RotatedAnchorGenerator(nn.Module):
                 for s, a, t in zip(sizes, aspect_ratios, angles)
             ]
         )
-        self.offset = offset
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: list[ShapeSpec]) -> dict[str, Any]:
@@ -230,14 +249,6 @@ class RotatedAnchorGenerator(nn.Module):
             "offset": cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
             "angles": cfg.MODEL.ANCHOR_GENERATOR.ANGLES,
         }
-
-    @property
-    def num_cell_anchors(self) -> list[int]:
-        return self.num_anchors
-
-    @property
-    def num_anchors(self) -> list[int]:
-        return [len(cell) for cell in self.cell_anchors]
 
     def generate_cell_anchors(
         self,
@@ -255,18 +266,9 @@ class RotatedAnchorGenerator(nn.Module):
                 anchors.extend([0, 0, w, h, angle] for angle in angles)
         return torch.tensor(anchors)
 
-    def _grid_anchors(self, grid_sizes: list[Sequence[int]]) -> list[Tensor]:
-        anchors = []
-        for size, stride, base in zip(grid_sizes, self.strides, self.cell_anchors):
-            shift_x, shift_y = _grid_offsets(size, stride, self.offset, base)
-            zeros = torch.zeros_like(shift_x)
-            shifts = torch.stack((shift_x, shift_y, zeros, zeros, zeros), dim=1)
-            anchors.append((shifts.view(-1, 1, 5) + base.view(1, -1, 5)).reshape(-1, 5))
-        return anchors
-
-    def forward(self, features: list[Tensor]) -> list[RotatedBoxes]:
-        grid_sizes = [f.shape[-2:] for f in features]
-        return [RotatedBoxes(a) for a in self._grid_anchors(grid_sizes)]
+    def _shifts(self, shift_x: Tensor, shift_y: Tensor) -> Tensor:
+        zeros = torch.zeros_like(shift_x)
+        return torch.stack((shift_x, shift_y, zeros, zeros, zeros), dim=1)
 
 
 ANCHOR_GENERATOR_REGISTRY.register(DefaultAnchorGenerator)

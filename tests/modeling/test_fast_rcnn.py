@@ -71,3 +71,37 @@ def test_predict_probs_and_boxes_split_per_image():
     torch.testing.assert_close(probs[0], torch.full((2, 4), 0.25))
     boxes = layers.predict_boxes(preds, props)
     torch.testing.assert_close(boxes[1][:, :4], props[1].proposal_boxes.tensor)
+
+
+def test_giou_box_loss_of_a_shifted_box():
+    layers = _zero_layers(box_reg_loss_type="giou")
+    losses = layers.losses(layers(torch.zeros(2, 8)), _proposals())
+    # zero deltas decode to the proposal (0,0,10,10); gt (2,0,12,10): IoU = 80/120, and the
+    # enclosing box (0,0,12,10) equals the union, so GIoU = 2/3 and the loss 1/3, over 2 regions
+    torch.testing.assert_close(losses["loss_box_reg"], torch.tensor(1 / 6))
+
+
+def test_federated_loss_covers_present_classes_and_sampled_negatives():
+    torch.manual_seed(0)
+    layers = _zero_layers(
+        num_classes=5,
+        use_sigmoid_ce=True,
+        use_fed_loss=True,
+        fed_loss_num_classes=3,
+        get_fed_loss_cls_weights=lambda: torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0]),
+    )
+    assert "fed_loss_cls_weights" in dict(layers.named_buffers())
+    props = _proposals()
+    props[0].gt_classes = torch.tensor([1, 5])  # class 1 and background (K = 5)
+    losses = layers.losses(layers(torch.zeros(2, 8)), props)
+    # The 3 slots hold the labels present, background included (as in Detectron2), plus one
+    # sampled negative; background is no sigmoid column, so class 1 and the negative count:
+    # each adds BCE(0, target) = log 2 per region, averaged over regions -> 2 log 2
+    torch.testing.assert_close(losses["loss_cls"], torch.tensor(2 * math.log(2)))
+
+
+def test_federated_loss_needs_sigmoid_and_weights():
+    import pytest
+
+    with pytest.raises(ValueError, match="use_sigmoid_ce"):
+        _zero_layers(use_fed_loss=True)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from heron.modeling import build_model
-from heron.structures import pairwise_iou
+from heron.structures import Boxes, Instances, pairwise_iou
 from heron.utils.events import EventStorage
 from tests.modeling.rcnn_fixtures import small_rcnn_cfg, synthetic_batch
 
@@ -95,3 +95,52 @@ def test_bad_image_tensor_names_the_expected_format():
         model([{"image": torch.zeros(4, 32, 32)}])
     with pytest.raises(ValueError, match="uint8 or floating point"):
         model([{"image": torch.zeros(3, 32, 32, dtype=torch.int32)}])
+
+
+def test_c4_mask_rcnn_takes_training_steps():
+    """Res5ROIHeads: the mask head trains on the shared res5 features of foreground regions."""
+    cfg = small_rcnn_cfg(mask=True)
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res4"]
+    cfg.MODEL.RPN.IN_FEATURES = ["res4"]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16, 32, 64]]
+    cfg.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 0
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with EventStorage():
+        for _ in range(2):
+            losses = model(synthetic_batch())
+            assert set(losses) == EXPECTED_LOSSES["mask"]
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+    assert model.roi_heads.mask_head.predictor.weight.grad.abs().sum() > 0
+
+
+def test_train_on_pred_boxes_and_given_boxes_inference():
+    cfg = small_rcnn_cfg(mask=True)
+    cfg.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES = True
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    with EventStorage():
+        losses = model(synthetic_batch())
+    assert set(losses) == EXPECTED_LOSSES["mask"]
+    model.eval()
+    batch = [{k: v for k, v in x.items() if k != "instances"} for x in synthetic_batch()]
+    given = [
+        Instances(
+            (128, 128),
+            pred_boxes=Boxes(torch.tensor([[10.0, 12, 60, 50]])),
+            pred_classes=torch.tensor([0]),
+        )
+    ] * 2
+    with torch.no_grad():
+        out = model.inference(batch, detected_instances=given)
+    # only masks are predicted for the given boxes, which stay as given
+    assert out[0]["instances"].pred_masks.shape == (1, 128, 128)
+    torch.testing.assert_close(
+        out[0]["instances"].pred_boxes.tensor, torch.tensor([[10.0, 12, 60, 50]])
+    )

@@ -151,14 +151,17 @@ class BottleneckBlock(CNNBlockBase):
             if layer is not None:
                 c2_msra_fill(layer)
 
+    def _conv2(self, x: Tensor) -> Tensor:
+        return self.conv2(x)
+
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu_(self.conv1(x))
-        out = F.relu_(self.conv2(out))
+        out = F.relu_(self._conv2(out))
         out = self.conv3(out)
         return _add_shortcut(self, x, out)
 
 
-class DeformBottleneckBlock(CNNBlockBase):
+class DeformBottleneckBlock(BottleneckBlock):
     """A bottleneck block whose 3x3 conv is deformable (v1) or modulated deformable (v2).
 
     ``conv2_offset`` predicts 2 offsets per kernel tap and deformable group (plus one mask
@@ -179,21 +182,20 @@ class DeformBottleneckBlock(CNNBlockBase):
         deform_modulated: bool = False,
         deform_num_groups: int = 1,
     ) -> None:
-        super().__init__(in_channels, out_channels, stride)
-        self.deform_modulated = deform_modulated
-        self.shortcut = _projection_shortcut(in_channels, out_channels, stride, norm)
-        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = Conv2d(
+        super().__init__(
             in_channels,
-            bottleneck_channels,
-            kernel_size=1,
-            stride=stride_1x1,
-            bias=False,
-            norm=get_norm(norm, bottleneck_channels),
+            out_channels,
+            bottleneck_channels=bottleneck_channels,
+            stride=stride,
+            num_groups=num_groups,
+            norm=norm,
+            stride_in_1x1=stride_in_1x1,
+            dilation=dilation,
         )
+        self.deform_modulated = deform_modulated
+        stride_3x3 = 1 if stride_in_1x1 else stride
         # 3x3 kernel: 9 taps x (dx, dy) = 18 offsets, + 9 mask logits when modulated.
         per_group = 27 if deform_modulated else 18
-        deform_op = ModulatedDeformConv if deform_modulated else DeformConv
         self.conv2_offset = Conv2d(
             bottleneck_channels,
             per_group * deform_num_groups,
@@ -202,7 +204,8 @@ class DeformBottleneckBlock(CNNBlockBase):
             padding=dilation,
             dilation=dilation,
         )
-        self.conv2 = deform_op(
+        deform_op = ModulatedDeformConv if deform_modulated else DeformConv
+        self.conv2 = deform_op(  # replaces the plain 3x3 conv, same state_dict keys
             bottleneck_channels,
             bottleneck_channels,
             kernel_size=3,
@@ -214,29 +217,15 @@ class DeformBottleneckBlock(CNNBlockBase):
             deformable_groups=deform_num_groups,
             norm=get_norm(norm, bottleneck_channels),
         )
-        self.conv3 = Conv2d(
-            bottleneck_channels,
-            out_channels,
-            kernel_size=1,
-            bias=False,
-            norm=get_norm(norm, out_channels),
-        )
-        for layer in (self.conv1, self.conv2, self.conv3, self.shortcut):
-            if layer is not None:
-                c2_msra_fill(layer)
+        c2_msra_fill(self.conv2)
         torch.nn.init.constant_(self.conv2_offset.weight, 0)
         torch.nn.init.constant_(self.conv2_offset.bias, 0)
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu_(self.conv1(x))
+    def _conv2(self, x: Tensor) -> Tensor:
         if self.deform_modulated:
-            # Channel layout of conv2_offset's output: [dx-dy interleaved offsets (18), mask (9)]
-            # for one group, split as Detectron2 does: first two thirds offsets, last third mask.
-            offset_x, offset_y, mask = torch.chunk(self.conv2_offset(out), 3, dim=1)
+            # Detectron2 splits conv2_offset's output in thirds: two of offsets, one of
+            # mask logits.
+            offset_x, offset_y, mask = torch.chunk(self.conv2_offset(x), 3, dim=1)
             offset = torch.cat((offset_x, offset_y), dim=1)
-            out = self.conv2(out, offset, mask.sigmoid())
-        else:
-            out = self.conv2(out, self.conv2_offset(out))
-        out = F.relu_(out)
-        out = self.conv3(out)
-        return _add_shortcut(self, x, out)
+            return self.conv2(x, offset, mask.sigmoid())
+        return self.conv2(x, self.conv2_offset(x))

@@ -68,6 +68,22 @@ def _gt_instances(
     return [x["instances"].to(device) for x in batched_inputs]
 
 
+def _rescale_outputs(
+    results: list[Instances],
+    batched_inputs: list[dict[str, Any]],
+    image_sizes: list[tuple[int, int]],
+    key: str,
+) -> list[dict[str, Instances]]:
+    """{key: results rescaled to the input's "height"/"width"} per image (default: the
+    size the network saw)."""
+    processed = []
+    for result, inputs, image_size in zip(results, batched_inputs, image_sizes):
+        height = inputs.get("height", image_size[0])
+        width = inputs.get("width", image_size[1])
+        processed.append({key: detector_postprocess(result, height, width)})
+    return processed
+
+
 class _PixelNormalizer(nn.Module):
     """Holds pixel_mean/pixel_std as non-persistent (C, 1, 1) buffers and the device."""
 
@@ -205,12 +221,7 @@ class GeneralizedRCNN(_PixelNormalizer):
         image_sizes: list[tuple[int, int]],
     ) -> list[dict[str, Instances]]:
         """Rescale each image's detections to its requested output size."""
-        processed = []
-        for results, inputs, image_size in zip(instances, batched_inputs, image_sizes):
-            height = inputs.get("height", image_size[0])
-            width = inputs.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(results, height, width)})
-        return processed
+        return _rescale_outputs(instances, batched_inputs, image_sizes, "instances")
 
 
 @META_ARCH_REGISTRY.register()
@@ -250,9 +261,4 @@ class ProposalNetwork(_PixelNormalizer):
         proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
         if self.training:
             return proposal_losses
-        processed = []
-        for results, inputs, image_size in zip(proposals, batched_inputs, images.image_sizes):
-            height = inputs.get("height", image_size[0])
-            width = inputs.get("width", image_size[1])
-            processed.append({"proposals": detector_postprocess(results, height, width)})
-        return processed
+        return _rescale_outputs(proposals, batched_inputs, images.image_sizes, "proposals")

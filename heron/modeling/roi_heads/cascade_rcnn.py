@@ -19,7 +19,7 @@ from heron.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_rcnn_i
 from heron.modeling.roi_heads.roi_heads import (
     ROI_HEADS_REGISTRY,
     StandardROIHeads,
-    _pooler_scales,
+    _build_pooler,
     _shared_channels,
 )
 from heron.structures.boxes import Boxes, pairwise_iou
@@ -120,12 +120,7 @@ class CascadeROIHeads(StandardROIHeads):
             matchers.append(Matcher([iou], [0, 1], allow_low_quality_matches=False))
         return {
             "box_in_features": in_features,
-            "box_pooler": ROIPooler(
-                output_size=resolution,
-                scales=_pooler_scales(input_shape, in_features),
-                sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
-                pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
-            ),
+            "box_pooler": _build_pooler(cfg.MODEL.ROI_BOX_HEAD, input_shape, in_features),
             "box_heads": box_heads,
             "box_predictors": box_predictors,
             "proposal_matchers": matchers,

@@ -305,10 +305,8 @@ class FastRCNNOutputLayers(nn.Module):
         """Per image, (Ri, B) boxes decoded for each region's gt class."""
         if not len(proposals):
             return []
-        _, proposal_deltas = predictions
-        proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+        boxes, proposal_boxes = self._decode(predictions, proposals)
         num_regions, box_dim = proposal_boxes.shape
-        boxes = self.box2box_transform.apply_deltas(proposal_deltas, proposal_boxes)
         num_box_sets = boxes.shape[1] // box_dim
         if num_box_sets > 1:
             gt_classes = torch.cat([p.gt_classes for p in proposals], dim=0).clamp_(
@@ -324,10 +322,16 @@ class FastRCNNOutputLayers(nn.Module):
         """Per image, (Ri, C * B) decoded boxes."""
         if not len(proposals):
             return []
+        boxes, _ = self._decode(predictions, proposals)
+        return boxes.split([len(p) for p in proposals])
+
+    def _decode(
+        self, predictions: tuple[Tensor, Tensor], proposals: list[Instances]
+    ) -> tuple[Tensor, Tensor]:
+        """(R, C * B) decoded boxes of all images, and the (R, B) proposal boxes."""
         _, proposal_deltas = predictions
         proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
-        boxes = self.box2box_transform.apply_deltas(proposal_deltas, proposal_boxes)
-        return boxes.split([len(p) for p in proposals])
+        return self.box2box_transform.apply_deltas(proposal_deltas, proposal_boxes), proposal_boxes
 
     def predict_probs(
         self, predictions: tuple[Tensor, Tensor], proposals: list[Instances]

@@ -205,8 +205,16 @@ class ROIHeads(nn.Module, metaclass=ABCMeta):
         """Inference: (detections, {}); training: (sampled proposals or [], losses)."""
 
 
-def _pooler_scales(input_shape: dict[str, ShapeSpec], in_features: list[str]) -> tuple[float, ...]:
-    return tuple(1.0 / input_shape[k].stride for k in in_features)
+def _build_pooler(
+    head_cfg: CfgNode, input_shape: dict[str, ShapeSpec], in_features: list[str]
+) -> ROIPooler:
+    """The ROIPooler a head's config section (ROI_BOX_HEAD, ROI_MASK_HEAD, ...) describes."""
+    return ROIPooler(
+        output_size=head_cfg.POOLER_RESOLUTION,
+        scales=tuple(1.0 / input_shape[k].stride for k in in_features),
+        sampling_ratio=head_cfg.POOLER_SAMPLING_RATIO,
+        pooler_type=head_cfg.POOLER_TYPE,
+    )
 
 
 def _shared_channels(input_shape: dict[str, ShapeSpec], in_features: list[str]) -> int:
@@ -254,12 +262,7 @@ class Res5ROIHeads(ROIHeads):
         if cfg.MODEL.KEYPOINT_ON:
             raise ValueError("Res5ROIHeads has no keypoint branch; set MODEL.KEYPOINT_ON False")
         resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
-        ret["pooler"] = ROIPooler(
-            output_size=resolution,
-            scales=_pooler_scales(input_shape, in_features),
-            sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
-            pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
-        )
+        ret["pooler"] = _build_pooler(cfg.MODEL.ROI_BOX_HEAD, input_shape, in_features)
         ret["res5"], out_channels = cls._build_res5_block(cfg)
         ret["box_predictor"] = FastRCNNOutputLayers(
             cfg, ShapeSpec(channels=out_channels, height=1, width=1)
@@ -406,12 +409,7 @@ class StandardROIHeads(ROIHeads):
         )
         return {
             "box_in_features": in_features,
-            "box_pooler": ROIPooler(
-                output_size=resolution,
-                scales=_pooler_scales(input_shape, in_features),
-                sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
-                pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
-            ),
+            "box_pooler": _build_pooler(cfg.MODEL.ROI_BOX_HEAD, input_shape, in_features),
             "box_head": box_head,
             "box_predictor": FastRCNNOutputLayers(cfg, box_head.output_shape),
         }
@@ -431,12 +429,7 @@ class StandardROIHeads(ROIHeads):
         pooler_type = head_cfg.POOLER_TYPE
         ret: dict[str, Any] = {f"{prefix}_in_features": in_features}
         if pooler_type:
-            ret[f"{prefix}_pooler"] = ROIPooler(
-                output_size=resolution,
-                scales=_pooler_scales(input_shape, in_features),
-                sampling_ratio=head_cfg.POOLER_SAMPLING_RATIO,
-                pooler_type=pooler_type,
-            )
+            ret[f"{prefix}_pooler"] = _build_pooler(head_cfg, input_shape, in_features)
             shape = ShapeSpec(
                 channels=_shared_channels(input_shape, in_features),
                 width=resolution,
