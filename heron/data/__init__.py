@@ -4,7 +4,7 @@ Datasets are lists of Detectron2-style "dataset dicts"; `DatasetCatalog` maps a 
 function producing them and `MetadataCatalog` holds each dataset's metadata.
 """
 
-from heron.data import datasets, samplers
+from heron.data import datasets, samplers, transforms
 from heron.data.catalog import DatasetCatalog, Metadata, MetadataCatalog
 from heron.data.common import (
     AspectRatioGroupedDataset,
@@ -23,4 +23,5 @@ __all__ = [
     "ToIterableDataset",
     "datasets",
     "samplers",
+    "transforms",
 ]

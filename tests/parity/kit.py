@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 PARITY_DIR = Path(os.environ.get("HERON_PARITY_DIR", ROOT.parent / "shared" / "parity"))
@@ -96,15 +95,11 @@ def build_cfg(case: str):
 
 
 def resize_shortest_edge(image: np.ndarray, short: int, long_max: int) -> np.ndarray:
-    """The kit's test-time resize rule (Detectron2's ResizeShortestEdge, PIL bilinear)."""
-    h, w = image.shape[:2]
-    scale = short / min(h, w)
-    new_h, new_w = (short, scale * w) if h < w else (scale * h, short)
-    if max(new_h, new_w) > long_max:
-        scale = long_max / max(new_h, new_w)
-        new_h, new_w = new_h * scale, new_w * scale
-    new_h, new_w = int(new_h + 0.5), int(new_w + 0.5)
-    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    """The kit's test-time resize: Heron's ResizeShortestEdge, as DefaultPredictor uses it
+    (the CRC32 check in compare.check_input pins it to Detectron2's bytes)."""
+    from heron.data.transforms import ResizeShortestEdge
+
+    return ResizeShortestEdge([short, short], long_max).get_transform(image).apply_image(image)
 
 
 @dataclass
