@@ -10,42 +10,21 @@ from heron.checkpoint.c2_model_loading import (
     convert_basic_c2_names,
     convert_c2_detectron_names,
 )
+from tests.checkpoint.helpers import ConvNorm, FrozenBN, captured_records
 
 
 @pytest.fixture
 def c2_log():
-    """Records of heron.checkpoint.c2_model_loading, independent of logger propagation."""
-    records = []
-    handler = logging.Handler(level=logging.DEBUG)
-    handler.emit = records.append
-    log = logging.getLogger("heron.checkpoint.c2_model_loading")
-    old_level = log.level
-    log.setLevel(logging.DEBUG)
-    log.addHandler(handler)
-    yield records
-    log.removeHandler(handler)
-    log.setLevel(old_level)
+    with captured_records("heron.checkpoint.c2_model_loading") as records:
+        yield records
 
 
 def _messages(records, level=logging.DEBUG):
     return "\n".join(r.getMessage() for r in records if r.levelno >= level)
 
 
-class _FrozenBN(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.register_buffer("weight", torch.ones(channels))
-        self.register_buffer("bias", torch.zeros(channels))
-        self.register_buffer("running_mean", torch.zeros(channels))
-        self.register_buffer("running_var", torch.ones(channels))
-
-
-class _ConvNorm(nn.Conv2d):
-    """Detectron2's Conv2d layout: the norm is a child named "norm"."""
-
-    def __init__(self, cin, cout, k):
-        super().__init__(cin, cout, k, bias=False)
-        self.norm = _FrozenBN(cout)
+_FrozenBN = FrozenBN
+_ConvNorm = ConvNorm
 
 
 def _tiny_detector():

@@ -8,21 +8,13 @@ from torch import nn
 
 from heron.checkpoint.checkpointer import Checkpointer, PeriodicCheckpointer
 from heron.checkpoint.safe_pickle import UnsafePickleError
+from tests.checkpoint.helpers import captured_records
 
 
 @pytest.fixture
 def ckpt_log():
-    """Records of heron.checkpoint.checkpointer, independent of logger propagation."""
-    records = []
-    handler = logging.Handler(level=logging.DEBUG)
-    handler.emit = records.append
-    log = logging.getLogger("heron.checkpoint.checkpointer")
-    old_level = log.level
-    log.setLevel(logging.DEBUG)
-    log.addHandler(handler)
-    yield records
-    log.removeHandler(handler)
-    log.setLevel(old_level)
+    with captured_records("heron.checkpoint.checkpointer") as records:
+        yield records
 
 
 def _messages(records, level):

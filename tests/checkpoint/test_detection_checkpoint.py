@@ -10,38 +10,19 @@ from torch import nn
 
 from heron.checkpoint.detection_checkpoint import DetectionCheckpointer
 from heron.checkpoint.safe_pickle import UnsafePickleError
+from tests.checkpoint.helpers import ConvNorm, FrozenBN, captured_records
 
 _PREFIX = "backbone.bottom_up."
 
 
 @pytest.fixture
 def det_log():
-    """Records of heron.checkpoint.detection_checkpoint, independent of propagation."""
-    records = []
-    handler = logging.Handler(level=logging.DEBUG)
-    handler.emit = records.append
-    log = logging.getLogger("heron.checkpoint.detection_checkpoint")
-    old_level = log.level
-    log.setLevel(logging.DEBUG)
-    log.addHandler(handler)
-    yield records
-    log.removeHandler(handler)
-    log.setLevel(old_level)
+    with captured_records("heron.checkpoint.detection_checkpoint") as records:
+        yield records
 
 
-class _FrozenBN(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.register_buffer("weight", torch.ones(channels))
-        self.register_buffer("bias", torch.zeros(channels))
-        self.register_buffer("running_mean", torch.zeros(channels))
-        self.register_buffer("running_var", torch.ones(channels))
-
-
-class _ConvNorm(nn.Conv2d):
-    def __init__(self, cin, cout, k):
-        super().__init__(cin, cout, k, bias=False)
-        self.norm = _FrozenBN(cout)
+_FrozenBN = FrozenBN
+_ConvNorm = ConvNorm
 
 
 class _TinyDetector(nn.Module):
