@@ -10,10 +10,41 @@ import math
 
 import numpy as np
 import torch
+from PIL import Image
 
 
 def _step(title: str) -> None:
     print(f"\n== {title}")
+
+
+def _shapes_step() -> None:
+    import collections
+    import tempfile
+
+    from heron.data.datasets import generate_shapes_dataset, get_shapes_metadata, load_coco_json
+    from heron.data.transforms import AugInput, AugmentationList, RandomFlip, ResizeShortestEdge
+
+    with tempfile.TemporaryDirectory() as root:
+        info = generate_shapes_dataset(root, num_images=8, image_size=(128, 128), split="demo")
+        dicts = load_coco_json(info["json_file"], info["image_root"])
+        classes = get_shapes_metadata()["thing_classes"]
+        counts = collections.Counter(
+            classes[a["category_id"] - 1] for d in dicts for a in d["annotations"]
+        )
+        print(
+            f"{len(dicts)} images, {sum(counts.values())} instances: {dict(sorted(counts.items()))}"
+        )
+        first = dicts[0]
+        with Image.open(first["file_name"]) as f:
+            image = np.asarray(f.convert("RGB"))
+        boxes = np.array([a["bbox"] for a in first["annotations"]], dtype=np.float64)
+        boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
+        aug_input = AugInput(image, boxes=boxes)
+        AugmentationList([ResizeShortestEdge(256, 512), RandomFlip(prob=1.0)])(aug_input)
+        print(
+            f"image {image.shape[:2]} -> {aug_input.image.shape[:2]} after resize + flip; "
+            f"first box {boxes[0].round(1).tolist()} -> {aug_input.boxes[0].round(1).tolist()}"
+        )
 
 
 def run_demo() -> int:
@@ -76,6 +107,9 @@ def run_demo() -> int:
     print(
         f"a full 28x28 mask pasted into box (8,4)-(24,20): {int(pasted.sum())} px set (16x16 = 256)"
     )
+
+    _step("Data: the built-in shapes dataset, loaded as Detectron2 dataset dicts")
+    _shapes_step()
 
     _step("A Mask R-CNN R50-FPN built from the zoo config (untrained weights)")
     torch.manual_seed(0)
