@@ -413,7 +413,9 @@ def _clip_polygon_to_rect(
         for p, d, q, dq in zip(points, dist, prev, prev_dist):
             if (d >= 0) != (dq >= 0):  # the edge q -> p crosses the boundary
                 t = dq / (dq - d)
-                out.append(q + t * (p - q))
+                crossing = q + t * (p - q)
+                crossing[axis] = bound  # exact on the boundary despite rounding in t
+                out.append(crossing)
             if d >= 0:
                 out.append(p)
         points = np.array(out, dtype=np.float64).reshape(-1, 2)
