@@ -5,6 +5,13 @@ function producing them and `MetadataCatalog` holds each dataset's metadata.
 """
 
 from heron.data import datasets, detection_utils, samplers, transforms
+from heron.data.build import (
+    build_batch_data_loader,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+    print_instances_class_histogram,
+)
 from heron.data.catalog import DatasetCatalog, Metadata, MetadataCatalog
 from heron.data.common import (
     AspectRatioGroupedDataset,
@@ -23,8 +30,13 @@ __all__ = [
     "Metadata",
     "MetadataCatalog",
     "ToIterableDataset",
+    "build_batch_data_loader",
+    "build_detection_test_loader",
+    "build_detection_train_loader",
     "datasets",
     "detection_utils",
+    "get_detection_dataset_dicts",
+    "print_instances_class_histogram",
     "samplers",
     "transforms",
 ]
