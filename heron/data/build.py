@@ -222,6 +222,26 @@ def build_batch_data_loader(
     )
 
 
+def _mapped_dataset_and_sampler(
+    dataset: list[dict] | torchdata.Dataset,
+    mapper: Callable | None,
+    sampler: torchdata.Sampler | None,
+    default_sampler: Callable[[int], torchdata.Sampler],
+) -> tuple[torchdata.Dataset, torchdata.Sampler | None]:
+    """Wrap a list in DatasetFromList, apply the mapper, and pick the sampler (none for an
+    iterable dataset, ``default_sampler(len)`` when not given)."""
+    if isinstance(dataset, list):
+        dataset = DatasetFromList(dataset, copy=False)
+    if mapper is not None:
+        dataset = MapDataset(dataset, mapper)
+    if isinstance(dataset, torchdata.IterableDataset):
+        if sampler is not None:
+            raise ValueError("an iterable dataset takes no sampler")
+    elif sampler is None:
+        sampler = default_sampler(len(dataset))
+    return dataset, sampler
+
+
 def _train_sampler_from_config(cfg: CfgNode, dataset: list[dict]) -> torchdata.Sampler:
     name = cfg.DATALOADER.SAMPLER_TRAIN
     logger.info("Using training sampler %s", name)
@@ -296,15 +316,7 @@ def build_detection_train_loader(
         num_workers: data-loading worker processes.
         collate_fn: batch collation (default: keep the list).
     """
-    if isinstance(dataset, list):
-        dataset = DatasetFromList(dataset, copy=False)
-    if mapper is not None:
-        dataset = MapDataset(dataset, mapper)
-    if isinstance(dataset, torchdata.IterableDataset):
-        if sampler is not None:
-            raise ValueError("an iterable dataset takes no sampler")
-    elif sampler is None:
-        sampler = TrainingSampler(len(dataset))
+    dataset, sampler = _mapped_dataset_and_sampler(dataset, mapper, sampler, TrainingSampler)
     return build_batch_data_loader(
         dataset,
         sampler,
@@ -351,15 +363,7 @@ def build_detection_test_loader(
 ) -> torchdata.DataLoader:
     """A loader that yields every item once over all ranks (an `InferenceSampler` shard
     per rank), in batches of ``batch_size`` lists."""
-    if isinstance(dataset, list):
-        dataset = DatasetFromList(dataset, copy=False)
-    if mapper is not None:
-        dataset = MapDataset(dataset, mapper)
-    if isinstance(dataset, torchdata.IterableDataset):
-        if sampler is not None:
-            raise ValueError("an iterable dataset takes no sampler")
-    elif sampler is None:
-        sampler = InferenceSampler(len(dataset))
+    dataset, sampler = _mapped_dataset_and_sampler(dataset, mapper, sampler, InferenceSampler)
     return torchdata.DataLoader(
         dataset,
         batch_size=batch_size,
