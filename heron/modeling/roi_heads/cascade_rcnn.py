@@ -134,9 +134,7 @@ class CascadeROIHeads(StandardROIHeads):
         targets: list[Instances] | None = None,
     ) -> tuple[list[Instances], dict[str, Tensor]]:
         if self.training:
-            if targets is None:
-                raise ValueError("ROI heads need targets in training mode")
-            proposals = self.label_and_sample_proposals(proposals, targets)
+            proposals = self._sample_training_proposals(proposals, targets)
             losses = self._forward_box(features, proposals, targets)
             losses.update(self._forward_mask(features, proposals))
             losses.update(self._forward_keypoint(features, proposals))

@@ -194,6 +194,13 @@ class ROIHeads(nn.Module, metaclass=ABCMeta):
             storage.put_scalar("roi_head/num_bg_samples", float(np.mean(num_bg)))
         return sampled_proposals
 
+    def _sample_training_proposals(
+        self, proposals: list[Instances], targets: list[Instances] | None
+    ) -> list[Instances]:
+        if targets is None:
+            raise ValueError("ROI heads need targets in training mode")
+        return self.label_and_sample_proposals(proposals, targets)
+
     @abstractmethod
     def forward(
         self,
@@ -307,9 +314,7 @@ class Res5ROIHeads(ROIHeads):
         targets: list[Instances] | None = None,
     ) -> tuple[list[Instances], dict[str, Tensor]]:
         if self.training:
-            if targets is None:
-                raise ValueError("ROI heads need targets in training mode")
-            proposals = self.label_and_sample_proposals(proposals, targets)
+            proposals = self._sample_training_proposals(proposals, targets)
         box_features = self._shared_roi_transform(
             [features[f] for f in self.in_features], [x.proposal_boxes for x in proposals]
         )
@@ -464,9 +469,7 @@ class StandardROIHeads(ROIHeads):
     ) -> tuple[list[Instances], dict[str, Tensor]]:
         """Training: (sampled proposals, losses). Inference: (detections, {})."""
         if self.training:
-            if targets is None:
-                raise ValueError("ROI heads need targets in training mode")
-            proposals = self.label_and_sample_proposals(proposals, targets)
+            proposals = self._sample_training_proposals(proposals, targets)
             losses = self._forward_box(features, proposals)
             # Mask and keypoint branches train on the sampled proposals (or, with
             # train_on_pred_boxes, on the boxes _forward_box just refined in place).
