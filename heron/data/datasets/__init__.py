@@ -37,3 +37,9 @@ __all__ = [
     "register_shapes",
     "register_yolo",
 ]
+
+# The standard names (coco_2017_*, lvis_v1_*, voc_*, shapes_*) are registered on import,
+# lazily: nothing is read until a dataset is asked for.
+from heron.data.datasets import builtin as _builtin
+
+_builtin._register_all()
