@@ -13,8 +13,8 @@ from heron.checkpoint.c2_model_loading import (
 )
 from heron.checkpoint.checkpointer import Checkpointer, PeriodicCheckpointer
 from heron.checkpoint.detection_checkpoint import DetectionCheckpointer
-from heron.checkpoint.safe_pickle import UnsafePickleError, load_pickle
 from heron.checkpoint.torchvision_conversion import convert_torchvision_resnet
+from heron.utils.safe_pickle import UnsafePickleError, load_pickle
 
 __all__ = [
     "Checkpointer",

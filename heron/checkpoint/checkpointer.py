@@ -24,8 +24,8 @@ from tabulate import tabulate
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from heron.checkpoint.safe_pickle import UnsafePickleError, torch_numpy_safe_globals
 from heron.utils.file_io import PathManager
+from heron.utils.safe_pickle import UnsafePickleError, torch_numpy_safe_globals
 
 __all__ = [
     "Checkpointer",

@@ -25,13 +25,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from heron.checkpoint.c2_model_loading import align_and_update_state_dicts
 from heron.checkpoint.checkpointer import Checkpointer, _IncompatibleKeys, _strip_prefix_if_present
-from heron.checkpoint.safe_pickle import load_pickle
 from heron.checkpoint.torchvision_conversion import (
     convert_torchvision_resnet,
     is_torchvision_resnet,
 )
 from heron.utils import comm
 from heron.utils.file_io import PathManager
+from heron.utils.safe_pickle import load_pickle
 
 __all__ = ["DetectionCheckpointer"]
 

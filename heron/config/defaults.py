@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from heron.config.config import CfgNode as CN
 
-__all__ = ["_C"]
+__all__ = ["HERON_EXTENSION_KEYS", "_C"]
 
 _C = CN()
 
@@ -62,6 +62,8 @@ _C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN = 2000
 _C.DATASETS.TEST = ()
 _C.DATASETS.PROPOSAL_FILES_TEST = ()
 _C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST = 1000
+# Heron: held-out datasets for the validation-loss hook (TEST.VAL_PERIOD).
+_C.DATASETS.VAL = ()
 
 # ---------------------------------------------------------------------------- data loader
 _C.DATALOADER = CN()
@@ -312,6 +314,26 @@ _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
 _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 # Mixed precision in training (inference is unaffected).
 _C.SOLVER.AMP = CN({"ENABLED": False})
+# Heron: autocast dtype of AMP training, "float16" (with a GradScaler on CUDA) or "bfloat16".
+_C.SOLVER.AMP.PRECISION = "float16"
+# Heron: the optimizer, "SGD" (MOMENTUM, NESTEROV) or "AdamW" (BETAS, EPS).
+_C.SOLVER.OPTIMIZER = "SGD"
+_C.SOLVER.BETAS = (0.9, 0.999)
+_C.SOLVER.EPS = 1e-8
+# Heron: sum the gradients of this many batches before each optimizer step.
+_C.SOLVER.ACCUMULATION_STEPS = 1
+# Heron: when > 0, train for this many passes over the training set; MAX_ITER, STEPS and
+# CHECKPOINT_PERIOD are then derived from the dataset size (see DefaultTrainer).
+_C.SOLVER.MAX_EPOCHS = 0
+# Heron: keep only the newest N periodic checkpoints (0: keep all).
+_C.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
+
+# Heron: exponential moving average of the weights, used for evaluation and saved in
+# checkpoints when enabled.
+_C.MODEL_EMA = CN({"ENABLED": False})
+_C.MODEL_EMA.DECAY = 0.999
+# Device of the averaged copy ("" = the model's device).
+_C.MODEL_EMA.DEVICE = ""
 
 # ---------------------------------------------------------------------------- test
 _C.TEST = CN()
@@ -326,6 +348,18 @@ _C.TEST.AUG = CN({"ENABLED": False})
 _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
 _C.TEST.AUG.MAX_SIZE = 4000
 _C.TEST.AUG.FLIP = True
+# Heron: loss dict on the DATASETS.VAL loader every VAL_PERIOD iterations (0: off).
+_C.TEST.VAL_PERIOD = 0
+# Heron: keep the best checkpoint ("model_best.pth") by an evaluation metric.
+_C.TEST.BEST_CHECKPOINT = CN({"ENABLED": False})
+_C.TEST.BEST_CHECKPOINT.METRIC = "bbox/AP"
+_C.TEST.BEST_CHECKPOINT.MODE = "max"  # or "min"
+# Heron: stop training when METRIC has not improved by MIN_DELTA for PATIENCE evaluations.
+_C.TEST.EARLY_STOPPING = CN({"ENABLED": False})
+_C.TEST.EARLY_STOPPING.METRIC = "bbox/AP"
+_C.TEST.EARLY_STOPPING.MODE = "max"
+_C.TEST.EARLY_STOPPING.PATIENCE = 5
+_C.TEST.EARLY_STOPPING.MIN_DELTA = 0.0
 # Recompute BatchNorm statistics before evaluation.
 _C.TEST.PRECISE_BN = CN({"ENABLED": False})
 _C.TEST.PRECISE_BN.NUM_ITER = 200
@@ -343,3 +377,30 @@ _C.VIS_PERIOD = 0  # iterations between training visualizations (0: off)
 # that are shared.
 _C.GLOBAL = CN()
 _C.GLOBAL.HACK = 1.0
+
+# Keys Heron adds to Detectron2's set (marked "Heron:" above). A config that uses none of
+# them at non-default values means the same thing to Detectron2.
+HERON_EXTENSION_KEYS = frozenset(
+    {
+        "SOLVER.AMP.PRECISION",
+        "SOLVER.OPTIMIZER",
+        "SOLVER.BETAS",
+        "SOLVER.EPS",
+        "SOLVER.ACCUMULATION_STEPS",
+        "SOLVER.MAX_EPOCHS",
+        "SOLVER.CHECKPOINT_MAX_TO_KEEP",
+        "MODEL_EMA.ENABLED",
+        "MODEL_EMA.DECAY",
+        "MODEL_EMA.DEVICE",
+        "DATASETS.VAL",
+        "TEST.VAL_PERIOD",
+        "TEST.BEST_CHECKPOINT.ENABLED",
+        "TEST.BEST_CHECKPOINT.METRIC",
+        "TEST.BEST_CHECKPOINT.MODE",
+        "TEST.EARLY_STOPPING.ENABLED",
+        "TEST.EARLY_STOPPING.METRIC",
+        "TEST.EARLY_STOPPING.MODE",
+        "TEST.EARLY_STOPPING.PATIENCE",
+        "TEST.EARLY_STOPPING.MIN_DELTA",
+    }
+)

@@ -10,6 +10,7 @@ from heron.data.build import (
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
+    load_proposals_into_dataset,
     print_instances_class_histogram,
 )
 from heron.data.catalog import DatasetCatalog, Metadata, MetadataCatalog
@@ -36,6 +37,7 @@ __all__ = [
     "datasets",
     "detection_utils",
     "get_detection_dataset_dicts",
+    "load_proposals_into_dataset",
     "print_instances_class_histogram",
     "samplers",
     "transforms",

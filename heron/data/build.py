@@ -33,8 +33,10 @@ from heron.data.samplers import (
     RepeatFactorTrainingSampler,
     TrainingSampler,
 )
+from heron.structures.boxes import BoxMode
 from heron.utils.comm import get_world_size
 from heron.utils.env import seed_all_rng
+from heron.utils.safe_pickle import load_pickle
 
 __all__ = [
     "build_batch_data_loader",
@@ -43,6 +45,7 @@ __all__ = [
     "filter_images_with_few_keypoints",
     "filter_images_with_only_crowd_annotations",
     "get_detection_dataset_dicts",
+    "load_proposals_into_dataset",
     "print_instances_class_histogram",
     "trivial_batch_collator",
     "worker_init_reset_seed",
@@ -125,17 +128,18 @@ def get_detection_dataset_dicts(
         names: registered dataset name(s).
         filter_empty: drop images without non-crowd annotations.
         min_keypoints: drop images with fewer visible keypoints.
-        proposal_files: precomputed proposal files, one per dataset (not supported yet:
-            a non-empty value raises).
+        proposal_files: precomputed proposal files, one per dataset; see
+            :func:`load_proposals_into_dataset`.
         check_consistency: require equal thing_classes and log a class histogram.
     """
     if isinstance(names, str):
         names = [names]
     if not names:
         raise ValueError("get_detection_dataset_dicts needs at least one dataset name")
-    if proposal_files:
+    if proposal_files and len(proposal_files) != len(names):
         raise ValueError(
-            "precomputed proposal files (DATASETS.PROPOSAL_FILES_*) are not supported yet"
+            f"{len(proposal_files)} proposal files given for {len(names)} datasets "
+            f"{list(names)}; give one per dataset"
         )
     per_dataset = [DatasetCatalog.get(name) for name in names]
     if isinstance(per_dataset[0], torchdata.Dataset):
@@ -145,6 +149,10 @@ def get_detection_dataset_dicts(
     for name, dicts in zip(names, per_dataset):
         if not len(dicts):
             raise ValueError(f"Dataset '{name}' is empty!")
+    if proposal_files:
+        per_dataset = [
+            load_proposals_into_dataset(dicts, f) for dicts, f in zip(per_dataset, proposal_files)
+        ]
     dataset_dicts = list(itertools.chain.from_iterable(per_dataset))
     has_instances = "annotations" in dataset_dicts[0]
     if filter_empty and has_instances:
@@ -158,6 +166,57 @@ def get_detection_dataset_dicts(
             print_instances_class_histogram(dataset_dicts, class_names)
     if not dataset_dicts:
         raise ValueError(f"No valid data found in {','.join(names)}.")
+    return dataset_dicts
+
+
+def load_proposals_into_dataset(dataset_dicts: list[dict], proposal_file: str) -> list[dict]:
+    """Attach precomputed proposals to each record, matched by ``image_id``.
+
+    The file is a pickle (read with Heron's restricted unpickler) of a dict with "ids" (or
+    the legacy "indexes"), "boxes" (per image an (N, 4) array), "objectness_logits" (per
+    image (N,)) and optionally "bbox_mode" (default XYXY_ABS). Each record gains
+    "proposal_boxes", "proposal_objectness_logits" (sorted by decreasing logit) and
+    "proposal_bbox_mode", which the mapper turns into a "proposals" Instances.
+
+    Raises:
+        ValueError: the file lacks a key, or an image's boxes and logits disagree in length.
+        KeyError: a record's image_id has no proposals in the file.
+    """
+    logger.info("Loading proposals from: %s", proposal_file)
+    proposals = load_pickle(proposal_file)
+    if not isinstance(proposals, dict):
+        raise ValueError(
+            f"proposal file {proposal_file}: expected a dict, got {type(proposals).__name__}"
+        )
+    proposals = dict(proposals)
+    if "indexes" in proposals and "ids" not in proposals:
+        proposals["ids"] = proposals.pop("indexes")
+    missing = [k for k in ("ids", "boxes", "objectness_logits") if k not in proposals]
+    if missing:
+        raise ValueError(
+            f"proposal file {proposal_file}: missing keys {missing}; it has {sorted(proposals)}"
+        )
+    wanted = {str(record["image_id"]) for record in dataset_dicts}
+    id_to_index = {str(i): n for n, i in enumerate(proposals["ids"]) if str(i) in wanted}
+    bbox_mode = BoxMode(proposals.get("bbox_mode", BoxMode.XYXY_ABS))
+    for record in dataset_dicts:
+        image_id = str(record["image_id"])
+        if image_id not in id_to_index:
+            raise KeyError(
+                f"proposal file {proposal_file} has no proposals for image_id {image_id}"
+            )
+        n = id_to_index[image_id]
+        boxes = np.asarray(proposals["boxes"][n], dtype=np.float32).reshape(-1, 4)
+        logits = np.asarray(proposals["objectness_logits"][n], dtype=np.float32).reshape(-1)
+        if len(boxes) != len(logits):
+            raise ValueError(
+                f"proposal file {proposal_file}, image_id {image_id}: {len(boxes)} boxes but "
+                f"{len(logits)} objectness logits"
+            )
+        order = np.argsort(-logits, kind="stable")
+        record["proposal_boxes"] = boxes[order]
+        record["proposal_objectness_logits"] = logits[order]
+        record["proposal_bbox_mode"] = bbox_mode
     return dataset_dicts
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from heron.checkpoint.checkpointer import Checkpointer, PeriodicCheckpointer
-from heron.checkpoint.safe_pickle import UnsafePickleError
+from heron.utils.safe_pickle import UnsafePickleError
 from tests.checkpoint.helpers import captured_records
 
 

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import nn
 
 from heron.checkpoint.detection_checkpoint import DetectionCheckpointer
-from heron.checkpoint.safe_pickle import UnsafePickleError
+from heron.utils.safe_pickle import UnsafePickleError
 from tests.checkpoint.helpers import ConvNorm, FrozenBN, captured_records
 
 _PREFIX = "backbone.bottom_up."

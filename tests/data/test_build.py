@@ -147,3 +147,68 @@ def test_collator_and_worker_seeds():
     torch.manual_seed(3)
     worker_init_reset_seed(0)
     assert torch.equal(first, torch.rand(3))
+
+
+def _write_proposals(path, content):
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump(content, f)
+    return str(path)
+
+
+def test_proposal_files_are_matched_by_image_id_and_sorted(tmp_path):
+    import numpy as np
+
+    from heron.structures.boxes import BoxMode
+
+    dicts = [_record(7, [_ann(0)]), _record(3, [_ann(1)])]
+    name = _register(dicts)
+    path = _write_proposals(
+        tmp_path / "props.pkl",
+        {
+            # legacy key "indexes"; ids as ints while the file lists extra images
+            "indexes": [3, 99, 7],
+            "boxes": [
+                np.array([[0, 0, 2, 2], [1, 1, 5, 5]], dtype=np.float32),
+                np.zeros((1, 4), dtype=np.float32),
+                np.array([[2, 2, 4, 4]], dtype=np.float32),
+            ],
+            "objectness_logits": [np.array([0.5, 2.0]), np.array([1.0]), np.array([0.1])],
+            "bbox_mode": int(BoxMode.XYXY_ABS),
+        },
+    )
+    out = get_detection_dataset_dicts(name, proposal_files=[path])
+    by_id = {d["image_id"]: d for d in out}
+    # image 3: logits (0.5, 2.0) -> sorted descending puts the second box first
+    np.testing.assert_array_equal(by_id[3]["proposal_boxes"], [[1, 1, 5, 5], [0, 0, 2, 2]])
+    np.testing.assert_array_equal(by_id[3]["proposal_objectness_logits"], [2.0, 0.5])
+    np.testing.assert_array_equal(by_id[7]["proposal_boxes"], [[2, 2, 4, 4]])
+    assert by_id[7]["proposal_bbox_mode"] == BoxMode.XYXY_ABS
+
+
+def test_proposal_file_errors_name_the_file_and_image(tmp_path):
+    import numpy as np
+
+    from heron.data.build import load_proposals_into_dataset
+    from heron.utils.safe_pickle import UnsafePickleError
+
+    records = [_record(1, [])]
+    path = _write_proposals(tmp_path / "a.pkl", {"ids": [2], "boxes": [], "objectness_logits": []})
+    with pytest.raises(KeyError, match=r"a\.pkl has no proposals for image_id 1"):
+        load_proposals_into_dataset(records, path)
+    path = _write_proposals(tmp_path / "b.pkl", {"ids": [1], "boxes": []})
+    with pytest.raises(ValueError, match=r"b\.pkl: missing keys \['objectness_logits'\]"):
+        load_proposals_into_dataset(records, path)
+    path = _write_proposals(
+        tmp_path / "c.pkl",
+        {"ids": [1], "boxes": [np.zeros((2, 4))], "objectness_logits": [np.zeros(3)]},
+    )
+    with pytest.raises(ValueError, match="image_id 1: 2 boxes but 3 objectness logits"):
+        load_proposals_into_dataset(records, path)
+    path = _write_proposals(tmp_path / "d.pkl", {"ids": logging.getLogger})  # a callable global
+    with pytest.raises(UnsafePickleError):
+        load_proposals_into_dataset(records, path)
+    name = _register([_record(1, [_ann(0)])])
+    with pytest.raises(ValueError, match="2 proposal files given for 1 datasets"):
+        get_detection_dataset_dicts(name, proposal_files=[path, path])

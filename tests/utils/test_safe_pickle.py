@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from heron.checkpoint.safe_pickle import UnsafePickleError, load_pickle
+from heron.utils.safe_pickle import UnsafePickleError, load_pickle
 
 
 class _RunsShellCommand:

@@ -1,4 +1,4 @@
-"""Read ``.pkl`` checkpoints without running code from the file.
+"""Read ``.pkl`` files (checkpoints, precomputed proposals) without running code from them.
 
 ``pickle.load`` calls whatever global a file names, so a crafted ``.pkl`` can run
 ``os.system`` on load. Detectron2's model-zoo files (and Detectron1/Caffe2 ones, which are
