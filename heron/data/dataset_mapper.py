@@ -46,6 +46,7 @@ class DatasetMapper:
         precomputed_proposal_topk: int | None = None,
         recompute_boxes: bool = False,
         skip_bad: bool = False,
+        albumentations: Any = None,
     ) -> None:
         """
         Args:
@@ -60,6 +61,10 @@ class DatasetMapper:
             recompute_boxes: replace gt_boxes by the masks' bounding boxes (after a crop).
             skip_bad: when True, a record whose image cannot be read maps to None (so
                 ``MapDataset`` picks another) and is counted in the log; when False it raises.
+            albumentations: in training, an Albumentations pipeline (or an
+                :class:`AlbumentationsAdapter`) run on the image, annotations and sem_seg
+                right after reading, before ``augmentations`` (optional extra). It sees RGB
+                when ``image_format`` is "BGR".
         """
         if recompute_boxes and not use_instance_mask:
             raise ValueError("recompute_boxes=True requires use_instance_mask=True")
@@ -78,6 +83,20 @@ class DatasetMapper:
         self.recompute_boxes = recompute_boxes
         self.skip_bad = skip_bad
         self.num_skipped = 0
+        self.albumentations = None
+        if albumentations is not None:
+            if precomputed_proposal_topk is not None:
+                raise ValueError(
+                    "albumentations cannot move precomputed proposals; use Heron "
+                    "augmentations with precomputed_proposal_topk"
+                )
+            from heron.data.transforms.albumentations_adapter import AlbumentationsAdapter
+
+            if not isinstance(albumentations, AlbumentationsAdapter):
+                albumentations = AlbumentationsAdapter(
+                    albumentations, keypoint_hflip_indices=keypoint_hflip_indices
+                )
+            self.albumentations = albumentations
         mode = "training" if is_train else "inference"
         logger.info("[DatasetMapper] Augmentations used in %s: %s", mode, augmentations)
 
@@ -159,6 +178,26 @@ class DatasetMapper:
             return None
         return image, sem_seg
 
+    def _run_albumentations(
+        self, dataset_dict: dict, image: np.ndarray, sem_seg: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        bgr = self.image_format == "BGR"
+        annos = dataset_dict.get("annotations", [])
+        try:
+            image, annos, sem_seg = self.albumentations(
+                np.ascontiguousarray(image[..., ::-1]) if bgr else image, annos, sem_seg
+            )
+        except ValueError as e:
+            raise ValueError(
+                f"albumentations on image_id={dataset_dict.get('image_id')!r}, "
+                f"file_name={dataset_dict['file_name']!r}: {e}"
+            ) from e
+        if "annotations" in dataset_dict:
+            dataset_dict["annotations"] = annos
+        # the image's size changed: the record's height/width now describe the new image
+        dataset_dict["height"], dataset_dict["width"] = image.shape[:2]
+        return (np.ascontiguousarray(image[..., ::-1]) if bgr else image), sem_seg
+
     def __call__(self, dataset_dict: dict) -> dict | None:
         """Map one record; the input dict is not modified.
 
@@ -170,6 +209,8 @@ class DatasetMapper:
         if loaded is None:
             return None
         image, sem_seg_gt = loaded
+        if self.albumentations is not None and self.is_train:
+            image, sem_seg_gt = self._run_albumentations(dataset_dict, image, sem_seg_gt)
 
         aug_input = AugInput(image, sem_seg=sem_seg_gt)
         transforms = self.augmentations(aug_input)

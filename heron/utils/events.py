@@ -2,8 +2,9 @@
 
 ``EventStorage`` is Detectron2's: the trainer opens one (``with EventStorage(start_iter):``),
 model and hook code put scalars, images and histograms into it, and writers read them out.
-``HistoryBuffer`` is fvcore's per-scalar history. Writers (JSON, TensorBoard, console) are
-not part of this module.
+``HistoryBuffer`` is fvcore's per-scalar history. The writers Detectron2 ships (console,
+JSON lines, TensorBoard) live here too; Weights & Biases and MLflow writers are in
+``heron.utils.tracking``.
 
 Model code should prefer ``try_get_event_storage()``: it returns None when no storage is open,
 so a loss can be computed in a test or a notebook without a trainer.
@@ -11,6 +12,12 @@ so a loss can be computed in a test or a notebook without a trainer.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import json
+import logging
+import os
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,9 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from heron.utils.file_io import PathManager
+
 __all__ = [
+    "CommonMetricPrinter",
     "EventStorage",
+    "EventWriter",
     "HistoryBuffer",
+    "JSONWriter",
+    "TensorboardXWriter",
     "get_event_storage",
     "has_event_storage",
     "try_get_event_storage",
@@ -339,3 +352,228 @@ class EventStorage:
     def clear_histograms(self) -> None:
         """Drop the queued histograms (writers call this after writing them)."""
         self._histograms = []
+
+
+# ---------------------------------------------------------------- writers
+
+
+def _scalars_since(
+    storage: EventStorage, window_size: int, last_write: int
+) -> dict[int, dict[str, float]]:
+    """Group the scalars put after iteration ``last_write`` by the iteration they were put at.
+
+    Values follow ``latest_with_smoothing_hint(window_size)``. Iterations come out in
+    increasing order, so a writer that needs monotonic steps can iterate the result directly.
+    """
+    grouped: dict[int, dict[str, float]] = {}
+    for name, (value, itr) in storage.latest_with_smoothing_hint(window_size).items():
+        if itr > last_write:
+            grouped.setdefault(int(itr), {})[name] = value
+    return dict(sorted(grouped.items()))
+
+
+class EventWriter:
+    """Base class of the writers that read an ``EventStorage`` and send its events somewhere.
+
+    A trainer calls ``write()`` periodically inside the storage's context and ``close()``
+    once at the end.
+    """
+
+    def write(self) -> None:
+        """Write the events of the current storage (``get_event_storage()``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement write()")
+
+    def close(self) -> None:
+        """Release files and connections; the base class holds none."""
+
+
+def _format_eta(seconds: float) -> str:
+    # whole seconds, as "h:mm:ss" (or "N days, h:mm:ss"), the way Detectron2 prints it
+    return str(datetime.timedelta(seconds=int(max(seconds, 0.0))))
+
+
+class CommonMetricPrinter(EventWriter):
+    """Log one line of training progress: ETA, iteration, losses, timings, lr and memory.
+
+    The line has Detectron2's layout, e.g.
+    ``" eta: 0:00:44  iter: 10  total_loss: 1.2  loss_cls: 0.7  ...  time: 0.5000  last_time:
+    0.5000  data_time: 0.0100  last_data_time: 0.0100   lr: 0.02  max_mem: 1234M"``, logged
+    at INFO through the ``"heron.utils.events"`` logger. Scalars whose name contains
+    ``"loss"`` (and those containing ``"[metric]"``) are printed as the median over the last
+    ``window_size`` iterations; ``time`` is the mean of all iteration times, ``data_time`` the
+    mean over the window; ``max_mem`` appears only when CUDA is available.
+    """
+
+    def __init__(self, max_iter: int | None = None, window_size: int = 20) -> None:
+        """Create a printer.
+
+        Args:
+            max_iter: the number of training iterations, for the ETA; None prints no ETA.
+            window_size: the number of iterations the losses are median-smoothed over.
+        """
+        self.logger = logging.getLogger(__name__)
+        self._max_iter = max_iter
+        self._window_size = window_size
+        # (iteration, perf_counter) of the previous wall-clock ETA estimate
+        self._last_write: tuple[int, float] | None = None
+        self._last_printed_iter: int | None = None
+
+    def _get_eta(self, storage: EventStorage) -> str | None:
+        """Return the ETA string, "" without ``max_iter``, None when it cannot be estimated."""
+        if self._max_iter is None:
+            return ""
+        iteration = storage.iter
+        remaining = self._max_iter - iteration - 1
+        if "time" in storage.histories():
+            eta_seconds = storage.history("time").median(1000) * remaining
+            storage.put_scalar("eta_seconds", eta_seconds, smoothing_hint=False)
+            return _format_eta(eta_seconds)
+        # No "time" history (e.g. a custom trainer): estimate from the wall clock between
+        # writes, which is noisier.
+        now = time.perf_counter()
+        eta_string = None
+        if self._last_write is not None and iteration > self._last_write[0]:
+            per_iter = (now - self._last_write[1]) / (iteration - self._last_write[0])
+            eta_string = _format_eta(per_iter * remaining)
+        self._last_write = (iteration, now)
+        return eta_string
+
+    def write(self) -> None:
+        """Log the progress line for the current iteration.
+
+        Nothing is logged at ``iteration == max_iter`` (training is over, as in Detectron2),
+        nor a second time for the same iteration (e.g. a periodic write followed by the final
+        one).
+        """
+        storage = get_event_storage()
+        iteration = storage.iter
+        if iteration == self._max_iter or iteration == self._last_printed_iter:
+            return
+        self._last_printed_iter = iteration
+        histories = storage.histories()
+
+        def smoothed(name: str) -> float:
+            return histories[name].median(storage.count_samples(name, self._window_size))
+
+        avg_data_time = last_data_time = avg_iter_time = last_iter_time = None
+        if "data_time" in histories:  # absent in the first iterations or without SimpleTrainer
+            window = storage.count_samples("data_time", self._window_size)
+            avg_data_time = histories["data_time"].avg(window)
+            last_data_time = histories["data_time"].latest()
+        if "time" in histories:
+            avg_iter_time = histories["time"].global_avg()
+            last_iter_time = histories["time"].latest()
+        lr = f"{histories['lr'].latest():.5g}" if "lr" in histories else "N/A"
+        eta_string = self._get_eta(storage)
+        max_mem_mb = None
+        if torch.cuda.is_available():
+            max_mem_mb = torch.cuda.max_memory_allocated() / 1024.0 / 1024.0
+
+        losses = "  ".join(f"{k}: {smoothed(k):.4g}" for k in histories if "loss" in k)
+        metrics = "  ".join(f"{k}: {smoothed(k):.4g}" for k in histories if "[metric]" in k)
+        timings = "".join(
+            f"{label}: {value:.4f}  "
+            for label, value in (
+                ("time", avg_iter_time),
+                ("last_time", last_iter_time),
+                ("data_time", avg_data_time),
+                ("last_data_time", last_data_time),
+            )
+            if value is not None
+        )
+        eta = f"eta: {eta_string}  " if eta_string else ""
+        memory = f"max_mem: {max_mem_mb:.0f}M" if max_mem_mb is not None else ""
+        # The spacing is Detectron2's, so tools that grep its logs (e.g. for max_mem) work.
+        self.logger.info(
+            f" {eta}iter: {iteration}  {losses}  {metrics}  {timings} lr: {lr}  {memory}"
+        )
+
+
+class JSONWriter(EventWriter):
+    """Append scalars to a file, one JSON object per iteration per line.
+
+    Each line is ``{"iteration": it, "<name>": value, ...}`` (keys sorted) and holds the
+    scalars put at that iteration since the previous write, smoothed as
+    ``EventStorage.latest_with_smoothing_hint``. Read it back with
+    ``[json.loads(line) for line in open(path)]``.
+    """
+
+    def __init__(self, json_file: str, window_size: int = 20) -> None:
+        """Open the file (any ``PathManager`` path) for appending.
+
+        Args:
+            json_file: the file; new lines are appended when it exists.
+            window_size: the median window, in iterations, of scalars with a smoothing hint.
+        """
+        self._file_handle = PathManager.open(json_file, "a")
+        self._window_size = window_size
+        self._last_write = -1
+
+    def write(self) -> None:
+        """Append the scalars put since the last write, then flush the file."""
+        storage = get_event_storage()
+        grouped = _scalars_since(storage, self._window_size, self._last_write)
+        for itr, scalars in grouped.items():
+            self._file_handle.write(json.dumps({**scalars, "iteration": itr}, sort_keys=True))
+            self._file_handle.write("\n")
+            self._last_write = max(self._last_write, itr)
+        self._file_handle.flush()
+        # remote (fsspec) files have no file descriptor to sync
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.fsync(self._file_handle.fileno())
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file_handle.close()
+
+
+class TensorboardXWriter(EventWriter):
+    """Write scalars, images and histograms to TensorBoard event files.
+
+    Scalars put since the last write go to ``add_scalar`` (smoothed as
+    ``latest_with_smoothing_hint``). Queued images (``put_image``) and histograms
+    (``put_histogram``) go to ``add_image`` and ``add_histogram_raw`` and are then cleared
+    from the storage: as in Detectron2, one writer consumes them.
+    """
+
+    def __init__(self, log_dir: str, window_size: int = 20, **kwargs: Any) -> None:
+        """Create the event-file writer.
+
+        Args:
+            log_dir: the directory of the event files.
+            window_size: the median window, in iterations, of scalars with a smoothing hint.
+            kwargs: passed to ``torch.utils.tensorboard.SummaryWriter``.
+
+        Raises:
+            ImportError: if tensorboard is not installed.
+        """
+        self._window_size = window_size
+        self._last_write = -1
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(
+                "TensorboardXWriter needs the tensorboard package: pip install 'heron[tb]'"
+            ) from e
+        self._writer = SummaryWriter(log_dir, **kwargs)
+
+    def write(self) -> None:
+        """Write new scalars and the queued images and histograms."""
+        storage = get_event_storage()
+        for itr, scalars in _scalars_since(storage, self._window_size, self._last_write).items():
+            for name, value in scalars.items():
+                self._writer.add_scalar(name, value, itr)
+            self._last_write = max(self._last_write, itr)
+        # put_image/put_histogram data is queued for writers; this one reads and clears it
+        if storage._vis_data:
+            for img_name, img, step in storage._vis_data:
+                self._writer.add_image(img_name, img, step)
+            storage.clear_images()
+        if storage._histograms:
+            for params in storage._histograms:
+                self._writer.add_histogram_raw(**params)
+            storage.clear_histograms()
+
+    def close(self) -> None:
+        """Flush and close the event files."""
+        self._writer.close()

@@ -20,8 +20,20 @@ def test_standard_names_are_registered_with_metadata_and_no_file_read():
         "voc_2012_val",
         "shapes_train",
         "shapes_val",
+        "shapes_panoptic_train",
+        "shapes_panoptic_val_separated",
+        "coco_2017_train_panoptic",
+        "coco_2017_val_panoptic_separated",
+        "coco_2017_val_panoptic_stuffonly",
+        "cityscapes_fine_instance_seg_train",
+        "cityscapes_fine_sem_seg_val",
+        "ade20k_sem_seg_train",
+        "ade20k_sem_seg_val",
     }
     assert expected <= names
+    assert MetadataCatalog.get("coco_2017_val_panoptic").evaluator_type == "coco_panoptic_seg"
+    assert MetadataCatalog.get("cityscapes_fine_sem_seg_val").evaluator_type == "cityscapes_sem_seg"
+    assert MetadataCatalog.get("ade20k_sem_seg_val").stuff_classes[0] == "wall"
     assert MetadataCatalog.get("coco_2017_val").thing_classes[0] == "person"
     assert MetadataCatalog.get("keypoints_coco_2017_val").keypoint_names[0] == "nose"
     assert MetadataCatalog.get("voc_2007_test").evaluator_type == "pascal_voc"

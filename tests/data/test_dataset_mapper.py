@@ -176,3 +176,53 @@ def test_mapper_unicode_file_name(tmp_path):
     record = _record(_write_image(tmp_path / "образ_画像.png"))
     out = _flip_mapper()(record)
     assert out["image"].shape == (3, 40, 80)
+
+
+def test_albumentations_pipeline_runs_before_heron_augmentations(tmp_path):
+    import albumentations as A
+
+    record = _record(_write_image(tmp_path / "img.png"))
+    record["annotations"][0]["segmentation"] = [[4, 2, 14, 2, 14, 8, 4, 8]]
+    record["annotations"][1]["segmentation"] = [[0, 0, 5, 0, 5, 5, 0, 5]]
+    mapper_kwargs = {"image_format": "BGR", "use_instance_mask": True}
+    # Albumentations flips, Heron resizes x2: the same as Heron's resize + flip.
+    ours = DatasetMapper(
+        True,
+        augmentations=[Resize((40, 80))],
+        albumentations=[A.HorizontalFlip(p=1.0)],
+        **mapper_kwargs,
+    )(record)
+    reference = _flip_mapper(use_instance_mask=True)(record)
+    torch.testing.assert_close(ours["image"], reference["image"])  # BGR kept around RGB ops
+    torch.testing.assert_close(
+        ours["instances"].gt_boxes.tensor, reference["instances"].gt_boxes.tensor
+    )
+    for a, b in zip(ours["instances"].gt_masks.polygons, reference["instances"].gt_masks.polygons):
+        np.testing.assert_allclose(a[0], b[0])
+    # inference ignores the pipeline
+    test_out = DatasetMapper(
+        False, augmentations=[], albumentations=[A.HorizontalFlip(p=1.0)], **mapper_kwargs
+    )(record)
+    torch.testing.assert_close(
+        test_out["image"][:, 5, 0], torch.tensor([0, 0, 255], dtype=torch.uint8)
+    )
+
+
+def test_albumentations_refuses_precomputed_proposals_and_names_bad_records(tmp_path):
+    import albumentations as A
+
+    with pytest.raises(ValueError, match="precomputed proposals"):
+        DatasetMapper(
+            True,
+            augmentations=[],
+            image_format="BGR",
+            precomputed_proposal_topk=10,
+            albumentations=[A.HorizontalFlip(p=1.0)],
+        )
+    record = _record(_write_image(tmp_path / "img.png"))
+    record["annotations"][0]["bbox_mode"] = BoxMode.XYWHA_ABS
+    mapper = DatasetMapper(
+        True, augmentations=[], image_format="BGR", albumentations=[A.HorizontalFlip(p=1.0)]
+    )
+    with pytest.raises(ValueError, match=r"albumentations on image_id=7, file_name=.*img\.png"):
+        mapper(record)

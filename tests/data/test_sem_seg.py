@@ -72,3 +72,17 @@ def test_missing_directory_raises(tmp_path):
     (tmp_path / "img").mkdir()
     with pytest.raises(ValueError, match="gt_root must be an existing directory"):
         load_sem_seg(str(tmp_path / "nope"), str(tmp_path / "img"))
+
+
+def test_allow_unlabeled_images_keeps_the_labeled_subset_and_logs_the_rest(tmp_path, caplog):
+    img, gt = tmp_path / "img", tmp_path / "gt"
+    for rel in ["a", "b", "c"]:
+        _touch(img, rel + ".jpg")
+    _touch(gt, "b.png")
+    with caplog.at_level("WARNING", logger="heron.data.datasets.sem_seg"):
+        dicts = load_sem_seg(str(gt), str(img), allow_unlabeled_images=True)
+    assert [os.path.basename(d["file_name"]) for d in dicts] == ["b.jpg"]
+    assert "2 of 3 images" in caplog.text and "['a', 'c']" in caplog.text
+    _touch(gt, "z.png")  # a label without an image is still an error
+    with pytest.raises(ValueError, match=r"labels without an image: \['z'\]"):
+        load_sem_seg(str(gt), str(img), allow_unlabeled_images=True)

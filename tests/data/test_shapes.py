@@ -275,27 +275,72 @@ def test_metadata_lists_classes_and_keypoint_rules():
     assert all(a in names and b in names for a, b, _ in meta["keypoint_connection_rules"])
 
 
-def test_register_shapes_generates_on_first_get(tmp_path):
-    catalog = pytest.importorskip("heron.data.catalog")
-    pytest.importorskip("heron.data.datasets.coco")
-    names = ("shapes_train", "shapes_val")
-    for name in names:
-        if name in catalog.DatasetCatalog.list():
-            catalog.DatasetCatalog.remove(name)
-            catalog.MetadataCatalog.remove(name)
-    try:
-        register_shapes(str(tmp_path))
-        assert not (tmp_path / "shapes").exists()  # registration generates nothing
-        meta = catalog.MetadataCatalog.get("shapes_val")
-        assert meta.thing_classes[2] == "triangle"
-        dicts = catalog.DatasetCatalog.get("shapes_val")
-        assert len(dicts) == 50
-        assert (tmp_path / "shapes" / "val" / "annotations.json").is_file()
-        assert not (tmp_path / "shapes" / "train").exists()
-        record = dicts[0]
-        assert record["file_name"].startswith(str(tmp_path))
-        assert record["annotations"]
-    finally:
-        for name in names:
-            catalog.DatasetCatalog.remove(name)
-            catalog.MetadataCatalog.remove(name)
+_ALL_SHAPES_NAMES = (
+    "shapes_train",
+    "shapes_val",
+    "shapes_panoptic_train",
+    "shapes_panoptic_val",
+    "shapes_panoptic_train_separated",
+    "shapes_panoptic_val_separated",
+)
+
+
+@pytest.fixture
+def fresh_shapes_catalog(tmp_path):
+    """Register the shapes names under tmp_path for one test, then remove them."""
+    from heron.data.catalog import DatasetCatalog, MetadataCatalog
+
+    for name in _ALL_SHAPES_NAMES:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+    register_shapes(str(tmp_path))
+    yield DatasetCatalog, MetadataCatalog
+    for name in _ALL_SHAPES_NAMES:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_register_shapes_generates_on_first_get(tmp_path, fresh_shapes_catalog):
+    dataset_catalog, metadata_catalog = fresh_shapes_catalog
+    assert not (tmp_path / "shapes").exists()  # registration generates nothing
+    meta = metadata_catalog.get("shapes_val")
+    assert meta.thing_classes[2] == "triangle"
+    dicts = dataset_catalog.get("shapes_val")
+    assert len(dicts) == 50
+    assert (tmp_path / "shapes" / "val" / "annotations.json").is_file()
+    assert not (tmp_path / "shapes" / "train").exists()
+    record = dicts[0]
+    assert record["file_name"].startswith(str(tmp_path))
+    assert record["annotations"]
+
+
+def test_panoptic_names_load_standard_and_separated_forms(tmp_path, fresh_shapes_catalog):
+    dataset_catalog, metadata_catalog = fresh_shapes_catalog
+    standard = dataset_catalog.get("shapes_panoptic_val")
+    assert len(standard) == 50
+    record = standard[0]
+    assert record["pan_seg_file_name"].endswith(os.path.join("panoptic", "000001.png"))
+    # contiguous ids: things 0..4 with isthing, stuff (sky, ground, water) 5..7 without
+    for seg in record["segments_info"]:
+        assert (seg["category_id"] <= 4) == bool(seg["isthing"])
+    assert metadata_catalog.get("shapes_panoptic_val").evaluator_type == "coco_panoptic_seg"
+
+    separated = dataset_catalog.get("shapes_panoptic_val_separated")
+    assert len(separated) == 50
+    first = separated[0]
+    assert first["annotations"] and first["sem_seg_file_name"].endswith("000001.png")
+    labels = np.asarray(Image.open(first["sem_seg_file_name"]))
+    pan = np.asarray(Image.open(record["pan_seg_file_name"])).astype(np.int64)
+    ids = pan[..., 0] + 256 * pan[..., 1] + 65536 * pan[..., 2]
+    thing_ids = [s["id"] for s in record["segments_info"] if s["isthing"]]
+    # every thing pixel is 0 and every stuff pixel is 1..3 in the separated labels
+    is_thing = np.isin(ids, thing_ids)
+    assert (labels[is_thing] == 0).all()
+    assert np.isin(labels[~is_thing], [1, 2, 3]).all()
+    assert metadata_catalog.get("shapes_panoptic_val_separated").stuff_classes == [
+        "things",
+        "sky",
+        "ground",
+        "water",
+    ]

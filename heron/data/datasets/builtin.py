@@ -2,22 +2,29 @@
 "./datasets"), with Detectron2's directory layout below it.
 
 Registration touches no file: a dataset's files are read the first time its name is asked
-for. Names whose loaders Heron does not have yet (COCO panoptic, Cityscapes, ADE20K) are
-not registered; see README's status table.
+for. Cityscapes and ADE20K need a one-time preparation of their label images, as in
+Detectron2 (`create_cityscapes_train_ids`, `prepare_ade20k_sem_seg`); COCO panoptic's
+separated form needs `separate_coco_semantic_from_panoptic`.
 """
 
 from __future__ import annotations
 
 import os
 
+from heron.data.datasets.ade20k import register_all_ade20k
 from heron.data.datasets.builtin_meta import _get_builtin_metadata
+from heron.data.datasets.cityscapes import register_all_cityscapes
 from heron.data.datasets.coco import register_coco_instances
+from heron.data.datasets.coco_panoptic import register_all_coco_panoptic
 from heron.data.datasets.lvis import register_lvis_instances
 from heron.data.datasets.pascal_voc import register_pascal_voc
 from heron.data.datasets.shapes import register_shapes
 
 __all__ = [
+    "register_all_ade20k",
+    "register_all_cityscapes",
     "register_all_coco",
+    "register_all_coco_panoptic",
     "register_all_lvis",
     "register_all_pascal_voc",
     "register_all_shapes",
@@ -98,6 +105,9 @@ def register_all_shapes(root: str) -> None:
 def _register_all() -> None:
     root = _datasets_root()
     register_all_coco(root)
+    register_all_coco_panoptic(root)
     register_all_lvis(root)
+    register_all_cityscapes(root)
+    register_all_ade20k(root)
     register_all_pascal_voc(root)
     register_all_shapes(root)

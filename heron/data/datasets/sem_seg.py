@@ -31,7 +31,12 @@ def _describe(keys: set[str], limit: int = 5) -> str:
 
 
 def load_sem_seg(
-    gt_root: str, image_root: str, gt_ext: str = "png", image_ext: str = "jpg"
+    gt_root: str,
+    image_root: str,
+    gt_ext: str = "png",
+    image_ext: str = "jpg",
+    *,
+    allow_unlabeled_images: bool = False,
 ) -> list[dict]:
     """Pair every image with its label file by relative path without extension.
 
@@ -40,6 +45,9 @@ def load_sem_seg(
         image_root: directory of the input images, searched recursively.
         gt_ext: extension of the label files.
         image_ext: extension of the images.
+        allow_unlabeled_images: images without a label file are left out, and their number
+            logged as a warning (for a label folder that covers a subset of a shared image
+            folder, e.g. COCO's val_100 splits). Labels without an image still raise.
 
     Returns:
         One dict per image with "file_name" and "sem_seg_file_name", sorted by the relative
@@ -56,6 +64,17 @@ def load_sem_seg(
     images = _files_by_key(image_root, image_ext)
     gts = _files_by_key(gt_root, gt_ext)
     only_images, only_gts = set(images) - set(gts), set(gts) - set(images)
+    if allow_unlabeled_images and only_images and not only_gts:
+        logger.warning(
+            "%d of %d images in %s have no label in %s and are left out, e.g. %s",
+            len(only_images),
+            len(images),
+            image_root,
+            gt_root,
+            _describe(only_images, limit=3),
+        )
+        images = {k: v for k, v in images.items() if k in gts}
+        only_images = set()
     if only_images or only_gts:
         raise ValueError(
             f"Directory {image_root!r} has {len(images)} *{image_ext} files and {gt_root!r} has "

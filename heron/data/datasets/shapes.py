@@ -52,6 +52,7 @@ __all__ = [
     "SHAPES_KEYPOINT_NAMES",
     "generate_shapes_dataset",
     "get_shapes_metadata",
+    "get_shapes_panoptic_metadata",
     "register_shapes",
 ]
 
@@ -472,13 +473,43 @@ def _generate(split_dir: str, manifest: dict[str, Any]) -> dict[str, int]:
 # ---------------------------------------------------------------- registration
 
 _SPLITS = {"shapes_train": ("train", 200, 0), "shapes_val": ("val", 50, 1)}
+_PANOPTIC_SPLITS = {
+    "shapes_panoptic_train": ("panoptic_train", 200, 0),
+    "shapes_panoptic_val": ("panoptic_val", 50, 1),
+}
+
+
+def get_shapes_panoptic_metadata(separated: bool = False) -> dict[str, Any]:
+    """Metadata of the panoptic shapes datasets.
+
+    Standard form: ``stuff_classes`` lists all 8 categories and both id maps index them
+    (Detectron2's standard COCO panoptic convention). Separated form (Panoptic FPN's
+    semantic branch): label 0 is "things" and the 3 stuff categories are 1..3.
+    """
+    meta = get_shapes_metadata()
+    stuff = [c for c in SHAPES_CATEGORIES if not c["isthing"]]
+    if separated:
+        meta["stuff_classes"] = ["things"] + [c["name"] for c in stuff]
+        meta["stuff_colors"] = [[82, 18, 128]] + [list(c["color"]) for c in stuff]
+        meta["stuff_dataset_id_to_contiguous_id"] = {
+            0: 0,
+            **{c["id"]: i + 1 for i, c in enumerate(stuff)},
+        }
+    else:
+        meta["stuff_dataset_id_to_contiguous_id"] = {
+            c["id"]: i for i, c in enumerate(SHAPES_CATEGORIES)
+        }
+    return meta
 
 
 def register_shapes(root: str | None = None) -> None:
-    """Register "shapes_train" (200 images) and "shapes_val" (50) in the catalogs.
+    """Register the shapes datasets in the catalogs; nothing is generated here.
 
-    Nothing is generated here: the first `DatasetCatalog.get(name)` generates the split (or
-    reuses it) under `<root>/shapes/`, then loads it with `load_coco_json`.
+    Names: "shapes_train" (200 images) and "shapes_val" (50), COCO instances;
+    "shapes_panoptic_train"/"shapes_panoptic_val" (stuff backgrounds, standard panoptic
+    form) and their "_separated" forms (instances + Panoptic FPN's semantic labels). The
+    first `DatasetCatalog.get(name)` generates the split (or reuses it) under
+    `<root>/shapes/`.
 
     Args:
         root: datasets folder; default $HERON_DATASETS, else "./datasets".
@@ -498,6 +529,32 @@ def register_shapes(root: str | None = None) -> None:
             evaluator_type="coco",
             **meta,
         )
+    for name, (split, num_images, seed) in _PANOPTIC_SPLITS.items():
+        split_dir = os.path.join(base, split)
+        paths = {
+            "image_root": os.path.join(split_dir, "images"),
+            "panoptic_root": os.path.join(split_dir, "panoptic"),
+            "panoptic_json": os.path.join(split_dir, "panoptic.json"),
+            "json_file": os.path.join(split_dir, "annotations.json"),
+        }
+        args = (base, split, num_images, seed)
+        DatasetCatalog.register(name, _make_panoptic_loader(*args, separated=False))
+        MetadataCatalog.get(name).set(
+            evaluator_type="coco_panoptic_seg",
+            ignore_label=255,
+            label_divisor=1000,
+            **paths,
+            **get_shapes_panoptic_metadata(separated=False),
+        )
+        sep_name = name + "_separated"
+        DatasetCatalog.register(sep_name, _make_panoptic_loader(*args, separated=True))
+        MetadataCatalog.get(sep_name).set(
+            evaluator_type="coco_panoptic_seg",
+            ignore_label=255,
+            sem_seg_root=os.path.join(split_dir, "semantic_separated"),
+            **paths,
+            **get_shapes_panoptic_metadata(separated=True),
+        )
 
 
 def _make_loader(
@@ -508,5 +565,35 @@ def _make_loader(
 
         info = generate_shapes_dataset(base, num_images=num_images, seed=seed, split=split)
         return load_coco_json(info["json_file"], info["image_root"], name)
+
+    return load
+
+
+def _make_panoptic_loader(
+    base: str, split: str, num_images: int, seed: int, *, separated: bool
+) -> Callable[[], list[dict[str, Any]]]:
+    def load() -> list[dict[str, Any]]:
+        from heron.data.datasets import coco_panoptic
+        from heron.data.datasets.coco import load_coco_json
+        from heron.data.datasets.sem_seg import load_sem_seg
+
+        info = generate_shapes_dataset(
+            base, num_images=num_images, seed=seed, split=split, panoptic=True
+        )
+        if not separated:
+            meta = get_shapes_panoptic_metadata(separated=False)
+            return coco_panoptic.load_coco_panoptic_json(
+                info["panoptic_json"], info["image_root"], info["panoptic_root"], meta
+            )
+        sem_root = os.path.join(info["split_dir"], "semantic_separated")
+        expected = [f"{i:06d}.png" for i in range(1, num_images + 1)]
+        if not all(os.path.isfile(os.path.join(sem_root, f)) for f in expected):
+            coco_panoptic.separate_coco_semantic_from_panoptic(
+                info["panoptic_json"], info["panoptic_root"], sem_root, SHAPES_CATEGORIES
+            )
+        return coco_panoptic.merge_to_panoptic(
+            load_coco_json(info["json_file"], info["image_root"], split),
+            load_sem_seg(sem_root, info["image_root"]),
+        )
 
     return load

@@ -1,6 +1,7 @@
 """Deterministic transforms (image, coords, boxes, polygons, masks) and the random
 augmentations that produce them, with Detectron2's names and semantics."""
 
+from heron.data.transforms.albumentations_adapter import AlbumentationsAdapter
 from heron.data.transforms.augmentation import (
     AugInput,
     Augmentation,
@@ -46,6 +47,7 @@ from heron.data.transforms.transform import (
 )
 
 __all__ = [
+    "AlbumentationsAdapter",
     "AugInput",
     "Augmentation",
     "AugmentationList",
