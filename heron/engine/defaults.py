@@ -34,6 +34,7 @@ from heron.engine.precise_bn import get_bn_modules
 from heron.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 from heron.evaluation import (
     DatasetEvaluator,
+    build_evaluator,
     inference_on_dataset,
     print_csv_format,
     verify_results,
@@ -370,12 +371,11 @@ class DefaultTrainer(TrainerBase):
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> DatasetEvaluator:
-        """The evaluator of ``dataset_name``; subclasses provide it (Detectron2's contract:
-        :meth:`test` skips a dataset whose evaluator is not implemented)."""
-        raise NotImplementedError(
-            "No evaluator for DefaultTrainer: pass `evaluators=` to DefaultTrainer.test, or "
-            "implement build_evaluator in a subclass"
-        )
+        """The evaluator of ``dataset_name`` chosen by its metadata's ``evaluator_type``
+        (:func:`heron.evaluation.build_evaluator`; Detectron2's DefaultTrainer leaves this to
+        subclasses). Results go under OUTPUT_DIR/inference. A dataset without a known type
+        raises NotImplementedError, which :meth:`test` reports and skips."""
+        return build_evaluator(cfg, dataset_name, os.path.join(cfg.OUTPUT_DIR, "inference"))
 
     @classmethod
     def test(

@@ -1,12 +1,16 @@
 """Start multi-process (distributed) training: one process per GPU, or per CPU worker.
 
 ``launch`` has Detectron2's signature. Where there is no CUDA device Heron runs the processes
-on the CPU with the gloo backend, which is how its distributed code is tested.
+on the CPU with the gloo backend, which is how its distributed code is tested. Under
+``torchrun`` (which starts the processes itself and sets RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT), ``launch`` joins the process group from those
+variables and runs ``main_func`` in the current process.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -56,6 +60,9 @@ def launch(
         args: arguments of ``main_func``.
         timeout: timeout of collective operations.
     """
+    if _started_by_torchrun():
+        _run_under_torchrun(main_func, tuple(args), timeout)
+        return
     if num_gpus_per_machine < 1 or num_machines < 1:
         raise ValueError(
             f"num_gpus_per_machine and num_machines must be >= 1, got "
@@ -88,6 +95,32 @@ def launch(
         daemon=False,
         start_method="spawn",
     )
+
+
+def _started_by_torchrun() -> bool:
+    return (
+        all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
+        and not dist.is_initialized()
+    )
+
+
+def _run_under_torchrun(
+    main_func: Callable[..., Any], args: tuple[Any, ...], timeout: timedelta
+) -> None:
+    local_rank = int(os.environ["LOCAL_RANK"])
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(
+        backend="nccl" if use_cuda else "gloo", init_method="env://", timeout=timeout
+    )
+    try:
+        comm.create_local_process_group(local_size)
+        comm.synchronize()
+        main_func(*args)
+    finally:
+        dist.destroy_process_group()
 
 
 def _distributed_worker(

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from heron.utils import comm
+from heron.utils.env import get_rng_state, set_rng_state
 from heron.utils.events import EventStorage, get_event_storage
 
 __all__ = ["AMPTrainer", "HookBase", "SimpleTrainer", "TrainerBase"]
@@ -199,7 +200,16 @@ class SimpleTrainer(TrainerBase):
     scalar). With ``accumulation_steps=k`` (Heron extension) an iteration reads k batches,
     back-propagates each loss divided by k, and then steps the optimizer once: the gradient
     is that of the mean loss over the k batches, and the logged losses are those means.
+
+    Exact resumption (Heron extension): ``state_dict`` records how many batches were read
+    and the random generators' states; ``load_state_dict`` reads (and discards) that many
+    batches from a fresh data-loader iterator, then restores the generators. With a
+    deterministic loader (fixed seed) the resumed run then sees the same batches and random
+    draws as an uninterrupted one. Skipping costs the mapping of every skipped batch; set
+    ``exact_resume = False`` to start the loader afresh instead, as Detectron2 does.
     """
+
+    exact_resume: bool = True
 
     def __init__(
         self,
@@ -240,6 +250,7 @@ class SimpleTrainer(TrainerBase):
             concurrent.futures.ThreadPoolExecutor(max_workers=1) if async_write_metrics else None
         )
         self._pending: list[concurrent.futures.Future] = []
+        self._batches_read = 0
 
     @property
     def _data_loader_iter(self) -> Iterator[Any]:
@@ -251,12 +262,14 @@ class SimpleTrainer(TrainerBase):
         """Replace the data loader with ``data_loader_builder()`` (the old one is released)."""
         del self.data_loader
         self._data_loader_iter_obj = None
+        self._batches_read = 0
         self.data_loader = data_loader_builder()
 
     def _next_batch(self) -> tuple[Any, float]:
         start = time.perf_counter()
         try:
             data = next(self._data_loader_iter)
+            self._batches_read += 1
         except StopIteration:
             raise RuntimeError(
                 f"the training data loader ran out at iteration {self.iter}; training needs "
@@ -369,12 +382,28 @@ class SimpleTrainer(TrainerBase):
     def state_dict(self) -> dict[str, Any]:
         ret = super().state_dict()
         ret["optimizer"] = self.optimizer.state_dict()
+        ret["data_batches_read"] = self._batches_read
+        ret["rng"] = get_rng_state()
         return ret
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         super().load_state_dict(state_dict)
         if "optimizer" in state_dict:
             self.optimizer.load_state_dict(state_dict["optimizer"])
+        if self.exact_resume and "data_batches_read" in state_dict:
+            self._skip_batches(int(state_dict["data_batches_read"]))
+            if "rng" in state_dict:
+                set_rng_state(state_dict["rng"])
+
+    def _skip_batches(self, n: int) -> None:
+        """Restart the loader iterator and read ``n`` batches, to continue where a saved run
+        stopped."""
+        self._data_loader_iter_obj = None
+        self._batches_read = 0
+        if n:
+            logger.info("Skipping %d batches of the data loader to resume exactly", n)
+        for _ in range(n):
+            self._next_batch()
 
 
 _PRECISIONS = {

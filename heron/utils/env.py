@@ -12,12 +12,13 @@ import sys
 from collections import defaultdict
 from datetime import datetime
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
 from tabulate import tabulate
 
-__all__ = ["TORCH_VERSION", "collect_env_info", "seed_all_rng"]
+__all__ = ["TORCH_VERSION", "collect_env_info", "get_rng_state", "seed_all_rng", "set_rng_state"]
 
 # (major, minor) of the installed PyTorch, e.g. (2, 4), for version checks.
 TORCH_VERSION: tuple[int, ...] = tuple(int(x) for x in torch.__version__.split(".")[:2])
@@ -56,6 +57,42 @@ def seed_all_rng(seed: int | None = None) -> int:
     random.seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     return seed
+
+
+def get_rng_state() -> dict[str, Any]:
+    """The states of Python's ``random``, NumPy's and PyTorch's (CPU and CUDA) global
+    generators, as containers of ints, floats, strings and tensors (so that they load with
+    ``torch.load(weights_only=True)``)."""
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore generator states saved by :func:`get_rng_state`.
+
+    Raises:
+        KeyError: ``state`` lacks the "python", "numpy" or "torch" entry.
+    """
+    missing = [k for k in ("python", "numpy", "torch") if k not in state]
+    if missing:
+        raise KeyError(f"RNG state lacks {missing}; it has {sorted(state)}")
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state(
+        (name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached_gaussian)
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _import_file(module_name: str, file_path: str, make_importable: bool = False) -> ModuleType:

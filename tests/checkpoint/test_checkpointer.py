@@ -376,3 +376,54 @@ def test_periodic_checkpointer_validates_arguments():
         PeriodicCheckpointer(checkpointer, period=0)
     with pytest.raises(ValueError, match="max_to_keep"):
         PeriodicCheckpointer(checkpointer, period=1, max_to_keep=0)
+
+
+_KILLED_WRITER = r"""
+import os, signal, sys
+import torch
+from torch import nn
+from heron.checkpoint.checkpointer import Checkpointer
+
+save_dir = sys.argv[1]
+torch.manual_seed(0)
+model = nn.Linear(64, 64)
+checkpointer = Checkpointer(model, save_dir)
+checkpointer.save("model_0000000")
+
+real_save = torch.save
+
+def save_then_die(obj, f, *args, **kwargs):
+    # write part of the next checkpoint, then die as if killed (no cleanup handlers run)
+    real_save(obj, f, *args, **kwargs)
+    f.flush()
+    f.truncate(f.tell() // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = save_then_die
+with torch.no_grad():
+    model.weight.add_(1.0)
+checkpointer.save("model_0000001")
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_a_process_killed_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], capture_output=True, timeout=120
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+    # the half-written file never took the checkpoint's name, and last_checkpoint still
+    # points at the previous one, which loads
+    assert not (tmp_path / "model_0000001.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
+    torch.manual_seed(0)
+    expected = nn.Linear(64, 64)
+    model = nn.Linear(64, 64)
+    checkpointer = Checkpointer(model, str(tmp_path))
+    assert checkpointer.get_checkpoint_file().endswith("model_0000000.pth")
+    checkpointer.resume_or_load("", resume=True)
+    _assert_same_state(model, expected)

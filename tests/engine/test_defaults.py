@@ -85,7 +85,11 @@ def test_default_trainer_trains_writes_metrics_and_checkpoints(shapes_name, tmp_
         files
     )
     with open(tmp_path / "metrics.json") as f:
-        lines = [json.loads(line) for line in f]
+        records = [json.loads(line) for line in f]
+    # the evaluation after training (COCOEvaluator, from the dataset's evaluator_type) is
+    # written last, at iteration max_iter
+    assert records[-1]["iteration"] == 4 and "bbox/AP" in records[-1]
+    lines = [r for r in records if "total_loss" in r]
     assert lines[-1]["iteration"] == 3
     assert all(torch.isfinite(torch.tensor(line["total_loss"])) for line in lines)
     assert "lr" in lines[-1] and "loss_cls" in lines[-1]
@@ -109,15 +113,31 @@ def test_resume_continues_from_the_saved_iteration(shapes_name, tmp_path):
     assert second.iter == 4
 
 
-def test_test_runs_given_evaluators_and_skips_missing_ones(shapes_name, tmp_path, caplog):
+def test_test_runs_given_evaluators_and_skips_missing_ones(
+    shapes_name, tmp_path, caplog, monkeypatch
+):
     cfg = _cfg(shapes_name, tmp_path)
     trainer = DefaultTrainer(cfg)
+    # setup_logger stops "heron" records at its own handlers; let caplog see them
+    monkeypatch.setattr(logging.getLogger("heron"), "propagate", True)
     assert DefaultTrainer.test(cfg, trainer.model, _CountingEvaluator()) == {
         "count": {"images": 4.0}
     }
-    with caplog.at_level(logging.WARNING):
-        assert DefaultTrainer.test(cfg, trainer.model) == {}
-    assert "No evaluator found" in caplog.text
+    # the dataset's evaluator_type ("coco") picks COCOEvaluator by default
+    results = DefaultTrainer.test(cfg, trainer.model)
+    assert set(results) == {"bbox"} and "AP" in results["bbox"]
+    assert os.path.isfile(tmp_path / "inference" / "coco_instances_results.json")
+    # the same images under a name without evaluator_type: reported and skipped
+    other = shapes_name + "_no_evaluator"
+    DatasetCatalog.register(other, lambda: DatasetCatalog.get(shapes_name))
+    try:
+        cfg2 = cfg.clone()
+        cfg2.DATASETS.TEST = (other,)
+        with caplog.at_level(logging.WARNING):
+            assert DefaultTrainer.test(cfg2, trainer.model) == {}
+        assert "No evaluator found" in caplog.text
+    finally:
+        DatasetCatalog.remove(other)
     with pytest.raises(ValueError, match="2 evaluators given for 1 test datasets"):
         DefaultTrainer.test(cfg, trainer.model, [_CountingEvaluator(), _CountingEvaluator()])
 
@@ -242,3 +262,55 @@ def test_argument_parser_and_setup_write_the_config(tmp_path):
 def test_create_ddp_model_is_identity_in_one_process():
     model = torch.nn.Linear(2, 2)
     assert create_ddp_model(model) is model
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _stop_after(iteration):
+    def after_step(trainer):
+        if trainer.iter == iteration:
+            raise _Interrupted(f"simulated crash after iteration {iteration}")
+
+    return hooks.CallbackHook(after_step=after_step)
+
+
+def test_resume_is_exact(shapes_name, tmp_path):
+    from heron.utils.env import seed_all_rng
+
+    def cfg_in(folder):
+        cfg = _cfg(shapes_name, tmp_path / folder, max_iter=4)
+        cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 16  # random sampling of anchors and proposals
+        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 16
+        return cfg
+
+    seed_all_rng(0)
+    straight = DefaultTrainer(cfg_in("straight"))
+    straight.resume_or_load(resume=False)
+    straight.train()
+
+    seed_all_rng(0)
+    first = DefaultTrainer(cfg_in("resumed"))
+    first.register_hooks([_stop_after(1)])  # after the checkpoint of iteration 1
+    first.resume_or_load(resume=False)
+    with pytest.raises(_Interrupted):
+        first.train()
+
+    # A new process: default_setup seeds it with cfg.SEED again, which fixes the sampler's
+    # order; the checkpoint then restores the generators' states of iteration 2.
+    seed_all_rng(0)
+    second = DefaultTrainer(cfg_in("resumed"))
+    second.resume_or_load(resume=True)
+    assert second.start_iter == 2
+    second.train()
+
+    for (name, a), (_, b) in zip(
+        straight.model.state_dict().items(), second.model.state_dict().items()
+    ):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+    # and the logged losses of iterations 2 and 3 are the same
+    for key in ("loss_cls", "loss_rpn_cls"):
+        a = [v for v, it in straight.storage.history(key).values() if it >= 2]
+        b = [v for v, it in second.storage.history(key).values() if it >= 2]
+        assert a == b

@@ -77,3 +77,49 @@ def test_bad_arguments_are_rejected():
         launch(print, num_gpus_per_machine=1, num_machines=2, machine_rank=2)
     with pytest.raises(ValueError, match="auto"):
         launch(print, num_gpus_per_machine=2, num_machines=2, dist_url="auto")
+
+
+_TORCHRUN_SCRIPT = r"""
+import json, os, sys
+import torch
+from heron.engine.launch import launch
+from heron.utils import comm
+
+def main(out_dir):
+    rank = comm.get_rank()
+    total = torch.tensor([float(rank + 1)])
+    torch.distributed.all_reduce(total)
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({"rank": rank, "world": comm.get_world_size(),
+                   "local_size": comm.get_local_size(), "sum": total.item()}, f)
+
+if __name__ == "__main__":
+    # num_gpus_per_machine is ignored under torchrun, which started the processes
+    launch(main, num_gpus_per_machine=1, args=(sys.argv[1],))
+"""
+
+
+def test_launch_joins_the_process_group_under_torchrun(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(_TORCHRUN_SCRIPT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(tmp_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # all_reduce over both processes: 1 + 2 = 3
+    assert [(r["rank"], r["world"], r["local_size"], r["sum"]) for r in results] == [
+        (0, 2, 2, 3.0),
+        (1, 2, 2, 3.0),
+    ]
