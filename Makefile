@@ -20,12 +20,12 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check heron tests benchmarks
-	$(VENV)/bin/ruff format --check heron tests benchmarks
+	$(VENV)/bin/ruff check heron tests benchmarks tools
+	$(VENV)/bin/ruff format --check heron tests benchmarks tools
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix heron tests benchmarks
-	$(VENV)/bin/ruff format heron tests benchmarks
+	$(VENV)/bin/ruff check --fix heron tests benchmarks tools
+	$(VENV)/bin/ruff format heron tests benchmarks tools
 
 test: lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         "main job lands.",
     )
     demo.set_defaults(handler=_cmd_demo)
+    from heron.cli.train import add_train_parsers
+
+    add_train_parsers(verbs)
     return parser
 
 

@@ -10,7 +10,6 @@ import argparse
 import logging
 import math
 import os
-import sys
 import weakref
 from collections import OrderedDict
 from typing import Any
@@ -20,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from heron.checkpoint import DetectionCheckpointer
-from heron.config import CfgNode
+from heron.config import CfgNode, LazyConfig
 from heron.data import (
     DatasetMapper,
     build_detection_test_loader,
@@ -42,6 +41,7 @@ from heron.evaluation import (
 from heron.modeling import build_model
 from heron.solver import build_lr_scheduler, build_optimizer
 from heron.utils import comm
+from heron.utils.arguments import add_training_arguments
 from heron.utils.env import collect_env_info, seed_all_rng
 from heron.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 from heron.utils.file_io import PathManager
@@ -49,6 +49,7 @@ from heron.utils.logger import setup_logger
 
 __all__ = [
     "DefaultTrainer",
+    "add_training_arguments",
     "create_ddp_model",
     "default_argument_parser",
     "default_setup",
@@ -85,39 +86,31 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
     parser = argparse.ArgumentParser(
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", default="", metavar="FILE", help="path to config file")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="resume from the last checkpoint in OUTPUT_DIR (else start from MODEL.WEIGHTS)",
-    )
-    parser.add_argument("--eval-only", action="store_true", help="perform evaluation only")
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
-    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
-    parser.add_argument(
-        "--machine-rank", type=int, default=0, help="the rank of this machine (unique per machine)"
-    )
-    # A port derived from the user id, so that two users on one machine do not collide.
-    port = 2**15 + 2**14 + hash(os.getuid() if sys.platform != "win32" else 1) % 2**14
-    parser.add_argument(
-        "--dist-url",
-        default=f"tcp://127.0.0.1:{port}",
-        help="initialization URL for torch.distributed ('auto' picks a free local port)",
-    )
-    parser.add_argument(
-        "opts",
-        default=None,
-        nargs=argparse.REMAINDER,
-        help='config overrides "KEY VALUE" pairs at the end of the command, e.g. '
-        "SOLVER.BASE_LR 0.01",
-    )
+    add_training_arguments(parser)
     return parser
 
 
-def default_setup(cfg: CfgNode, args: argparse.Namespace | None) -> None:
-    """Create OUTPUT_DIR, set up logging, log the environment and config, save the config,
-    seed the random generators and set the cuDNN/float32 flags, in every process."""
-    output_dir = cfg.OUTPUT_DIR
+def _try_get_key(cfg: Any, *keys: str, default: Any = None) -> Any:
+    """The first of ``keys`` (dotted paths) present in ``cfg`` (CfgNode or LazyConfig)."""
+    for key in keys:
+        node = cfg
+        try:
+            for part in key.split("."):
+                node = node[part]
+        except (KeyError, AttributeError, TypeError):
+            continue
+        return node
+    return default
+
+
+def default_setup(cfg: Any, args: argparse.Namespace | None) -> None:
+    """Create the output folder, set up logging, log the environment and config, save the
+    config, seed the random generators and set the cuDNN/float32 flags, in every process.
+
+    Works with a CfgNode (OUTPUT_DIR, SEED, CUDNN_BENCHMARK, FLOAT32_PRECISION) and with a
+    lazy config (train.output_dir, train.seed, train.cudnn_benchmark).
+    """
+    output_dir = _try_get_key(cfg, "OUTPUT_DIR", "output_dir", "train.output_dir")
     if comm.is_main_process() and output_dir:
         PathManager.mkdirs(output_dir)
     rank = comm.get_rank()
@@ -131,15 +124,22 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None) -> None:
             with PathManager.open(config_file, "r") as f:
                 logger.info("Contents of args.config_file=%s:\n%s", config_file, f.read())
     if comm.is_main_process() and output_dir:
-        path = os.path.join(output_dir, "config.yaml")
-        with PathManager.open(path, "w") as f:
-            f.write(cfg.dump())
+        if isinstance(cfg, CfgNode):
+            path = os.path.join(output_dir, "config.yaml")
+            with PathManager.open(path, "w") as f:
+                f.write(cfg.dump())
+        else:
+            path = os.path.join(output_dir, "config.yaml")
+            LazyConfig.save(cfg, path)
         logger.info("Full config saved to %s", path)
-    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    seed = _try_get_key(cfg, "SEED", "train.seed", default=-1)
+    seed_all_rng(None if seed is None or seed < 0 else seed + rank)
     if not (args is not None and getattr(args, "eval_only", False)):
-        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
-    if cfg.FLOAT32_PRECISION:
-        torch.set_float32_matmul_precision(cfg.FLOAT32_PRECISION)
+        benchmark = _try_get_key(cfg, "CUDNN_BENCHMARK", "train.cudnn_benchmark", default=False)
+        torch.backends.cudnn.benchmark = bool(benchmark)
+    precision = _try_get_key(cfg, "FLOAT32_PRECISION", "train.float32_precision", default="")
+    if precision:
+        torch.set_float32_matmul_precision(precision)
 
 
 def default_writers(output_dir: str, max_iter: int | None = None) -> list[EventWriter]:
