@@ -205,8 +205,11 @@ class SimpleTrainer(TrainerBase):
     and the random generators' states; ``load_state_dict`` reads (and discards) that many
     batches from a fresh data-loader iterator, then restores the generators. With a
     deterministic loader (fixed seed) the resumed run then sees the same batches and random
-    draws as an uninterrupted one. Skipping costs the mapping of every skipped batch; set
-    ``exact_resume = False`` to start the loader afresh instead, as Detectron2 does.
+    draws as an uninterrupted one. On CUDA this also needs deterministic kernels
+    (``torch.use_deterministic_algorithms(True)`` and ``CUBLAS_WORKSPACE_CONFIG``): without
+    them two uninterrupted runs already differ. Skipping costs the mapping of every skipped
+    batch; set ``exact_resume = False`` to start the loader afresh instead, as Detectron2
+    does.
     """
 
     exact_resume: bool = True
