@@ -49,7 +49,9 @@ def _train_worker(out_dir: str) -> None:
         json.dump(result, f)
 
 
-def test_two_gloo_processes_average_gradients_and_losses(tmp_path):
+def test_two_gloo_processes_average_gradients_and_losses(tmp_path, monkeypatch):
+    # CPU workers (gloo) even on a machine with fewer than two GPUs
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     launch(_train_worker, num_gpus_per_machine=2, dist_url="auto", args=(str(tmp_path),))
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [(r["rank"], r["world_size"], r["local_rank"]) for r in results] == [
@@ -114,7 +116,7 @@ def test_launch_joins_the_process_group_under_torchrun(tmp_path):
         str(script),
         str(tmp_path),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(cmd, capture_output=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
