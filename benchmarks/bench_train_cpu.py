@@ -10,10 +10,12 @@ which freezes the stem and res2 like FREEZE_AT=2, then `MaskRCNN`): with weights
 builder switches to trainable nn.BatchNorm2d and trains every layer. It has num_classes=6,
 min/max size 512 and rpn_post_nms_top_n_train=1000 proposals per image like the Heron
 config (torchvision's default is 2000). It gets the very batch Heron just trained on,
-converted to its format
-(float RGB in [0, 1], boxes, labels + 1, polygon masks rasterized to bitmasks); that
-conversion is timed on its own and not counted in torchvision's step, which is
-forward + backward + SGD step.
+converted to its format (float RGB in [0, 1], boxes, labels + 1, polygon masks rasterized
+to bitmasks); that conversion is timed on its own and not counted in torchvision's step,
+which is forward + backward + SGD step. One difference is left as each library has it:
+Heron's poolers use ROIAlignV2 with sampling_ratio 0 (adaptive, Detectron2's default),
+torchvision's MultiScaleRoIAlign uses sampling_ratio 2, so Heron's ROI-align backward
+does more work on large boxes.
 
 Both models are in train mode with frozen batch norm in the backbone (Heron: RESNETS.NORM
 "FrozenBN", the config default; torchvision: FrozenBatchNorm2d, its default for pretrained
