@@ -25,12 +25,15 @@ from heron.engine.hooks import (
     ValidationLoss,
 )
 from heron.engine.launch import launch
+from heron.engine.predictor import BatchPredictor, DefaultPredictor
 from heron.engine.train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 
 __all__ = [
     "AMPTrainer",
+    "BatchPredictor",
     "BestCheckpointer",
     "CallbackHook",
+    "DefaultPredictor",
     "DefaultTrainer",
     "EMAHook",
     "EarlyStopping",
