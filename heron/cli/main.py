@@ -8,9 +8,13 @@ inside their handler so `heron --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Sequence
 
 from heron import __version__
+
+# heron/cli modules with an `add_parser(subparsers)` that registers their verbs.
+_VERB_MODULES = ("demo", "evaluate", "predict", "visualize", "analyze", "benchmark", "zoo")
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -18,12 +22,6 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
     print(collect_env_info())
     return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from heron.cli.demo import run_demo
-
-    return run_demo()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,17 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND")
     env = verbs.add_parser("env", help="print versions of Heron, PyTorch and friends, and devices")
     env.set_defaults(handler=_cmd_env)
-    demo = verbs.add_parser(
-        "demo",
-        help="a short tour of what works today (structures, ops, configs)",
-        description="Runs a short tour of Heron's foundation on made-up data and prints "
-        "what each step computed. Training on the shapes dataset replaces it when the "
-        "main job lands.",
-    )
-    demo.set_defaults(handler=_cmd_demo)
     from heron.cli.train import add_train_parsers
 
     add_train_parsers(verbs)
+    for module in _VERB_MODULES:
+        importlib.import_module(f"heron.cli.{module}").add_parser(verbs)
     return parser
 
 

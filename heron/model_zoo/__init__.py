@@ -13,13 +13,14 @@ from __future__ import annotations
 import difflib
 import os
 
-__all__ = ["get_config_file"]
+__all__ = ["get_config_file", "list_config_files"]
 
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
-def _shipped_configs() -> list[str]:
-    """Relative paths (with "/") of every shipped YAML config, sorted."""
+def list_config_files() -> list[str]:
+    """Names (paths relative to the configs folder, with "/") of every shipped YAML config,
+    sorted; each is a valid argument of :func:`get_config_file`."""
     found = []
     for folder, _dirs, files in os.walk(_CONFIG_DIR):
         for name in files:
@@ -48,7 +49,7 @@ def get_config_file(config_path: str) -> str:
     inside = not os.path.isabs(rel) and not rel.startswith(os.pardir)
     if inside and os.path.isfile(path):
         return path
-    close = difflib.get_close_matches(config_path, _shipped_configs(), n=5, cutoff=0.5)
+    close = difflib.get_close_matches(config_path, list_config_files(), n=5, cutoff=0.5)
     hint = f" Close matches: {', '.join(close)}." if close else ""
     raise FileNotFoundError(
         f"{config_path!r} is not available in Heron's model zoo (looked in {_CONFIG_DIR}).{hint}"

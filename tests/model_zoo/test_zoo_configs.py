@@ -42,7 +42,8 @@ def test_every_parity_config_and_its_bases_are_shipped():
         "COCO-Keypoints/Base-Keypoint-RCNN-FPN.yaml",
         "COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml",
     ]
-    assert sorted(PARITY_CONFIGS + bases) == SHIPPED
+    heron_own = ["Shapes/mask_rcnn_R_18_FPN_demo.yaml"]  # `heron demo`
+    assert sorted(PARITY_CONFIGS + bases + heron_own) == SHIPPED
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -87,3 +88,7 @@ def test_paths_outside_the_zoo_are_refused():
         get_config_file("../__init__.py")
     with pytest.raises(FileNotFoundError, match="not available"):
         get_config_file(os.path.abspath(model_zoo.__file__))
+
+
+def test_list_config_files_names_every_shipped_yaml():
+    assert model_zoo.list_config_files() == SHIPPED
