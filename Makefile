@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
+BASE_STAMP := $(VENV)/.heron-base-installed
 STAMP := $(VENV)/.heron-installed
 # Two workers on the 2-core reference machine; override with `make test PYTEST_WORKERS=1`.
 PYTEST_WORKERS ?= auto
@@ -11,10 +12,16 @@ PYTEST_WORKERS ?= auto
 
 setup: $(STAMP)
 
-# The LVIS API is the tests' reference for LVISEvaluator; its declared dependencies
-# (opencv-python, Cython) are not needed to import it, so it is installed without them.
-$(STAMP): pyproject.toml Makefile
+# Heron and its runtime dependencies: all `make demo` needs.
+$(BASE_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e .
+	@touch $(BASE_STAMP)
+
+# + what the tests and lint use. The LVIS API is the tests' reference for LVISEvaluator;
+# its declared dependencies (opencv-python, Cython) are not needed to import it, so it is
+# installed without them.
+$(STAMP): $(BASE_STAMP)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps 'lvis==0.5.3'
 	@touch $(STAMP)
@@ -30,7 +37,7 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
 
-demo: $(STAMP)
+demo: $(BASE_STAMP)
 	$(PY) -m heron demo
 
 clean:
