@@ -230,7 +230,10 @@ class Checkpointer:
         if not os.path.isfile(path):
             path = self.path_manager.get_local_path(path)
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"Checkpoint {path} not found")
+                raise FileNotFoundError(
+                    f"Checkpoint {path} not found: give the path of an existing .pth or .pkl "
+                    "file, or a URL (for a config, MODEL.WEIGHTS / --weights)"
+                )
 
         checkpoint = self._load_file(path)
         try:

@@ -9,10 +9,13 @@ inheritance, Heron's defaults for missing keys), a model-zoo name such as
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from typing import Any
 
 __all__ = ["add_model_arguments", "load_config", "resolve_config_file"]
+
+logger = logging.getLogger("heron.cli")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, weights_required: bool = False) -> None:
@@ -31,7 +34,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, weights_required: bo
         help="checkpoint to load (.pth or .pkl); sets MODEL.WEIGHTS",
     )
     parser.add_argument(
-        "--device", default=None, help="cpu, cuda or cuda:N; sets MODEL.DEVICE (default: config)"
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N; sets MODEL.DEVICE (default: the config's, or cpu when it "
+        "names CUDA and none is available)",
     )
     parser.add_argument(
         "opts",
@@ -59,7 +65,10 @@ def resolve_config_file(name: str) -> str:
 
 
 def load_config(args: argparse.Namespace, *, freeze: bool = True) -> Any:
-    """The CfgNode of --config-file with --weights, --device and the overrides applied."""
+    """The CfgNode of --config-file with --weights, --device and the overrides applied.
+
+    Without --device, a config asking for CUDA on a machine without it runs on the CPU,
+    with a warning (Detectron2's default MODEL.DEVICE is "cuda")."""
     from heron.config import get_cfg
 
     cfg = get_cfg()
@@ -72,6 +81,16 @@ def load_config(args: argparse.Namespace, *, freeze: bool = True) -> Any:
         cfg.MODEL.WEIGHTS = args.weights
     if args.device is not None:
         cfg.MODEL.DEVICE = args.device
+    elif cfg.MODEL.DEVICE.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            logger.warning(
+                "MODEL.DEVICE is %r but CUDA is not available: running on the CPU "
+                "(pass --device to choose)",
+                cfg.MODEL.DEVICE,
+            )
+            cfg.MODEL.DEVICE = "cpu"
     if freeze:
         cfg.freeze()
     return cfg

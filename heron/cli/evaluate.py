@@ -62,6 +62,7 @@ def format_results_table(results: Mapping[str, Any]) -> str:
 def evaluate_main(args: argparse.Namespace) -> int:
     """Run `heron eval`; returns the exit code (0, or 2 when a dataset has no evaluator)."""
     from heron.checkpoint import DetectionCheckpointer
+    from heron.data.catalog import DatasetCatalog
     from heron.engine.defaults import DefaultTrainer
     from heron.evaluation import build_evaluator
     from heron.utils.logger import setup_logger
@@ -77,6 +78,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "inference")
     evaluators = []
     for name in cfg.DATASETS.TEST:
+        DatasetCatalog.get(name)  # an unknown name fails here; generated datasets appear
         try:
             evaluators.append(build_evaluator(cfg, name, os.path.join(output, name)))
         except NotImplementedError:

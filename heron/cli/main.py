@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 from collections.abc import Sequence
 
 from heron import __version__
@@ -43,10 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse `argv` (default: sys.argv[1:]) and run the chosen verb; returns the exit code."""
+    """Parse `argv` (default: sys.argv[1:]) and run the chosen verb; returns the exit code.
+
+    A missing file, an unknown dataset or an invalid value (FileNotFoundError, KeyError,
+    ValueError) is printed as one line naming the verb, with exit code 2; set HERON_DEBUG=1
+    to get the traceback instead.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        if os.environ.get("HERON_DEBUG"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"heron {args.command}: error: {message}", file=sys.stderr)
+        return 2

@@ -99,7 +99,7 @@ def setup_logger(
     plain_formatter = logging.Formatter(_PLAIN_FORMAT, datefmt=_DATEFMT)
     stdout_key = ("stdout",)
     if configure_stdout and distributed_rank == 0 and not _has_handler(logger, stdout_key):
-        handler = logging.StreamHandler(stream=sys.stdout)
+        handler: logging.StreamHandler = _StdoutHandler()
         handler.setLevel(logging.DEBUG)
         if color:
             formatter: logging.Formatter = _ColorfulFormatter(
@@ -129,6 +129,20 @@ def setup_logger(
             setattr(handler, _HANDLER_KEY_ATTR, file_key)
             logger.addHandler(handler)
     return logger
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """A console handler that writes to ``sys.stdout`` as it is when each record is
+    emitted, so a later redirection (``contextlib.redirect_stdout``, pytest's capture)
+    receives the logs, and a closed earlier stream is never written to."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass  # always sys.stdout
 
 
 def _normalize(filename: str) -> str:

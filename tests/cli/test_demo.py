@@ -113,3 +113,33 @@ def test_zoo_list_prints_shipped_configs_and_filters(capsys):
     listed = [line for line in capsys.readouterr().out.splitlines() if line.endswith(".yaml")]
     assert listed and all(name.startswith("COCO-Keypoints/") for name in listed)
     assert main(["zoo", "list", "no-such-*"]) == 1
+
+
+def test_missing_config_and_checkpoint_are_one_line_errors_naming_the_path(
+    tiny_model, tmp_path, capsys
+):
+    code = main(["eval", "--config-file", str(tmp_path / "nope.yaml"), "--weights", "w.pth"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("heron eval: error:") and "nope.yaml" in err and "model zoo" in err
+    config, _ = tiny_model
+    missing = str(tmp_path / "missing.pth")
+    assert main(["eval", "--config-file", config, "--weights", missing]) == 2
+    err = capsys.readouterr().err
+    assert missing in err and "existing .pth or .pkl" in err and "Traceback" not in err
+
+
+def test_a_cuda_config_runs_on_the_cpu_when_cuda_is_missing(monkeypatch, tmp_path):
+    import argparse
+
+    import torch
+
+    from heron.cli.common import load_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = tmp_path / "cuda.yaml"
+    config.write_text("MODEL:\n  DEVICE: cuda\n")
+    args = argparse.Namespace(config_file=str(config), weights=None, device=None, opts=[])
+    assert load_config(args).MODEL.DEVICE == "cpu"
+    args.device = "cuda:1"  # an explicit choice is kept
+    assert load_config(args).MODEL.DEVICE == "cuda:1"

@@ -213,3 +213,19 @@ def test_create_small_table_single_entry_and_empty():
 
 def test_log_api_usage_accepts_an_identifier():
     _log_api_usage("modeling.meta_arch.test")  # forwards to torch; must not raise
+
+
+def test_console_handler_follows_stdout_redirections():
+    import contextlib
+    import io
+    import uuid
+
+    name = f"heron_test_redirect_{uuid.uuid4().hex[:8]}"
+    logger = setup_logger(name=name, color=False)
+    first, second = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(first):
+        logger.info("to the first")
+    first.close()  # a stream that is gone must not be written to again
+    with contextlib.redirect_stdout(second):
+        logger.info("to the second")
+    assert "to the second" in second.getvalue() and "to the first" not in second.getvalue()
