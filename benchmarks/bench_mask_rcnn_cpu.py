@@ -14,39 +14,15 @@ peak resident set size in its own fresh subprocess.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import subprocess
+import os
 import sys
-import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _cpu_inference import calibrate_norms, main
+
 HEIGHT, WIDTH = 480, 640
-
-
-def calibrate_norms(model: torch.nn.Module, run) -> None:
-    """Set every batch-norm's running mean/var to the per-channel statistics of its input
-    in one forward pass, so activations keep unit scale through the random network."""
-    from torchvision.ops import FrozenBatchNorm2d as TVFrozenBN
-
-    from heron.layers import FrozenBatchNorm2d
-
-    def set_stats(module, inputs):
-        x = inputs[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)) + 1e-5)
-
-    norms = (torch.nn.BatchNorm2d, FrozenBatchNorm2d, TVFrozenBN)
-    hooks = [
-        m.register_forward_pre_hook(set_stats) for m in model.modules() if isinstance(m, norms)
-    ]
-    assert hooks, "no batch-norm found to calibrate"
-    with torch.inference_mode():
-        run()
-    for h in hooks:
-        h.remove()
 
 
 def build_heron():
@@ -93,71 +69,5 @@ def build_torchvision():
 BUILDERS = {"heron": build_heron, "torchvision": build_torchvision}
 
 
-def peak_rss_child(name: str, threads: int) -> None:
-    """Run one model a few times and print its peak RSS in MiB (child process)."""
-    torch.set_num_threads(threads)
-    run = BUILDERS[name]()
-    with torch.inference_mode():
-        for _ in range(3):
-            run()
-    print(json.dumps({"peak_rss_mib": _vm_hwm_mib()}))
-
-
-def _vm_hwm_mib() -> float:
-    """Peak resident set size of this process (VmHWM). ru_maxrss is no good here: Linux
-    carries it across exec, so a child would inherit the parent's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("VmHWM not found in /proc/self/status (Linux only)")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--verbose", action="store_true", help="print every timing")
-    parser.add_argument("--child", choices=sorted(BUILDERS), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        peak_rss_child(args.child, args.threads)
-        return
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    runs = {name: build() for name, build in BUILDERS.items()}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    counts = {}
-    with torch.inference_mode():
-        for i in range(args.warmup + args.runs):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                counts[name] = run()
-                if i >= args.warmup:
-                    times[name].append(time.perf_counter() - start)
-    memory = {}
-    for name in runs:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", name, "--threads", str(args.threads)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        memory[name] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
-
-    med = {name: statistics.median(t) for name, t in times.items()}
-    if args.verbose:
-        print({name: [round(x, 3) for x in t] for name, t in times.items()})
-    print(f"Mask R-CNN R50-FPN, CPU, {HEIGHT}x{WIDTH}, {args.threads} threads, {args.runs} runs")
-    for name in runs:
-        print(
-            f"  {name:12s} median {med[name] * 1000:8.1f} ms  detections {counts[name]:3d}  peak RSS {memory[name]:7.0f} MiB"
-        )
-    print(f"  time ratio heron / torchvision: {med['heron'] / med['torchvision']:.3f}")
-    print(f"  peak-RSS ratio heron / torchvision: {memory['heron'] / memory['torchvision']:.3f}")
-
-
 if __name__ == "__main__":
-    main()
+    main(__file__, BUILDERS, f"Mask R-CNN R50-FPN, CPU, {HEIGHT}x{WIDTH}", __doc__)
