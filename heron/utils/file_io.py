@@ -7,7 +7,8 @@ prefix such as ``detectron2://``. Here:
 - local paths use the standard library;
 - ``http(s)://`` URLs are read-only: they are downloaded once with ``urllib`` (fsspec's HTTP
   backend needs aiohttp, which Heron does not depend on) into a cache directory
-  (``$HERON_CACHE``, default ``~/.cache/heron``) and read from there;
+  (``$HERON_CACHE``, default ``~/.cache/heron``) and read from there; downloads resume
+  after a cut connection (:func:`heron.utils.download.download`);
 - every other protocol (``s3://``, ``gs://``, ``memory://``, ...) goes through fsspec;
 - registered prefixes are rewritten first: ``detectron2://`` and ``heron://`` both point at
   Detectron2's model-zoo server.
@@ -16,7 +17,6 @@ prefix such as ``detectron2://``. Here:
 from __future__ import annotations
 
 import hashlib
-import http.client
 import io
 import logging
 import os
@@ -29,7 +29,8 @@ import urllib.request
 from typing import IO, Any
 
 import fsspec
-from tqdm import tqdm
+
+from heron.utils.download import download
 
 __all__ = ["HeronPathManager", "PathManager", "get_cache_dir"]
 
@@ -160,7 +161,8 @@ class HeronPathManager:
 
         Raises:
             FileNotFoundError: if the server answers 404 (the message names the URL).
-            OSError: if the download fails otherwise.
+            OSError: if the download fails otherwise (an incomplete download stays as
+                ``<cache file>.part`` and the next call resumes it).
         """
         path = self._resolve(path)
         if _is_local(path):
@@ -170,35 +172,12 @@ class HeronPathManager:
             return cache_file
         os.makedirs(os.path.dirname(cache_file), exist_ok=True)
         if _is_http(path):
-            _download_atomic(path, cache_file, self._write_http)
+            if force and os.path.isfile(cache_file):
+                os.remove(cache_file)
+            download(path, cache_file)
         else:
             _download_atomic(path, cache_file, self._write_fsspec)
         return cache_file
-
-    @staticmethod
-    def _write_http(url: str, out: IO[bytes]) -> None:
-        logger.info("Downloading %s ...", url)
-        try:
-            response = urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S)
-        except urllib.error.HTTPError as e:
-            error_cls = FileNotFoundError if e.code == 404 else OSError
-            raise error_cls(f"Failed to download {url}: HTTP {e.code} {e.reason}") from e
-        except urllib.error.URLError as e:
-            raise OSError(f"Failed to download {url}: {e.reason}") from e
-        with response:
-            length = response.headers.get("Content-Length")
-            expected = int(length) if length is not None else None
-            written = 0
-            with tqdm(total=expected, unit="B", unit_scale=True, disable=None, leave=False) as bar:
-                try:
-                    while chunk := response.read(_CHUNK):
-                        out.write(chunk)
-                        written += len(chunk)
-                        bar.update(len(chunk))
-                except http.client.HTTPException as e:  # e.g. IncompleteRead: connection cut
-                    raise OSError(f"Failed to download {url} after {written} bytes: {e!r}") from e
-        if expected is not None and written != expected:
-            raise OSError(f"Failed to download {url}: got {written} bytes, expected {expected}")
 
     @staticmethod
     def _write_fsspec(url: str, out: IO[bytes]) -> None:

@@ -145,11 +145,13 @@ def test_download_404_names_the_url_and_leaves_no_file(server, cache_dir):
     assert _files_under(cache_dir) == []
 
 
-def test_truncated_download_raises_and_leaves_no_file(server, cache_dir):
+def test_truncated_download_raises_and_keeps_only_the_partial_file(server, cache_dir):
     url = server.url("truncated.bin")
     with pytest.raises(OSError, match=rf"Failed to download {url}"):
         PathManager.get_local_path(url)
-    assert _files_under(cache_dir) == []
+    # no cached file, only the ".part" a later call resumes from
+    names = sorted(p.name for p in _files_under(cache_dir))
+    assert names == ["truncated.bin.part"]
 
 
 def test_unreachable_server_raises_os_error_naming_url(cache_dir, monkeypatch):
@@ -158,7 +160,7 @@ def test_unreachable_server_raises_os_error_naming_url(cache_dir, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/x.pkl"
-    with pytest.raises(OSError, match=rf"Failed to download {url}"):
+    with pytest.raises(OSError, match=rf"Failed to download {url}.*place it at"):
         PathManager.get_local_path(url)
     assert _files_under(cache_dir) == []
 
