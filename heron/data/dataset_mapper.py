@@ -14,6 +14,7 @@ from heron.data import detection_utils as utils
 from heron.data.transforms.augmentation import AugInput, Augmentation, AugmentationList
 from heron.data.transforms.augmentation_impl import RandomCrop
 from heron.data.transforms.transform import Transform, TransformList
+from heron.structures.boxes import BoxMode
 
 __all__ = ["DatasetMapper"]
 
@@ -131,6 +132,10 @@ class DatasetMapper:
     def _transform_annotations(
         self, dataset_dict: dict, transforms: TransformList, image_shape: tuple[int, int]
     ) -> None:
+        modes = {anno.get("bbox_mode") for anno in dataset_dict["annotations"]}
+        if BoxMode.XYWHA_ABS in modes:
+            self._transform_rotated_annotations(dataset_dict, transforms, image_shape, modes)
+            return
         for anno in dataset_dict["annotations"]:
             if not self.use_instance_mask:
                 anno.pop("segmentation", None)
@@ -148,6 +153,33 @@ class DatasetMapper:
         )
         if self.recompute_boxes:
             instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)
+
+    @staticmethod
+    def _transform_rotated_annotations(
+        dataset_dict: dict, transforms: TransformList, image_shape: tuple[int, int], modes: set
+    ) -> None:
+        """Rotated boxes (BoxMode.XYWHA_ABS): transform them with ``apply_rotated_box`` and
+        build ``Instances`` with ``RotatedBoxes``; masks and keypoints are not kept (as in
+        Detectron2's rotated examples)."""
+        if modes != {BoxMode.XYWHA_ABS}:
+            raise ValueError(
+                f"image {dataset_dict.get('file_name')!r} mixes rotated (XYWHA_ABS) and other "
+                f"box modes: {sorted(int(m) for m in modes)}"
+            )
+        annos = []
+        for anno in dataset_dict.pop("annotations"):
+            if anno.get("iscrowd", 0):
+                continue
+            box = np.asarray([anno["bbox"]], dtype=np.float64)
+            annos.append(
+                {
+                    "bbox": transforms.apply_rotated_box(box)[0],
+                    "bbox_mode": BoxMode.XYWHA_ABS,
+                    "category_id": anno["category_id"],
+                }
+            )
+        instances = utils.annotations_to_instances_rotated(annos, image_shape)
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
 
     def _read(self, dataset_dict: dict) -> tuple[np.ndarray, np.ndarray | None] | None:

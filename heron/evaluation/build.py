@@ -15,6 +15,7 @@ from heron.evaluation.evaluator import DatasetEvaluator, DatasetEvaluators
 from heron.evaluation.lvis_evaluation import LVISEvaluator
 from heron.evaluation.panoptic_evaluation import COCOPanopticEvaluator
 from heron.evaluation.pascal_voc_evaluation import PascalVOCDetectionEvaluator
+from heron.evaluation.rotated_coco_evaluation import RotatedCOCOEvaluator
 from heron.evaluation.sem_seg_evaluation import SemSegEvaluator
 
 __all__ = ["EVALUATOR_TYPES", "build_evaluator"]
@@ -25,6 +26,7 @@ EVALUATOR_TYPES = (
     "sem_seg",
     "lvis",
     "pascal_voc",
+    "rotated_coco",
     "cityscapes_instance",
     "cityscapes_sem_seg",
 )
@@ -37,7 +39,7 @@ def build_evaluator(
 
     "coco" -> COCOEvaluator; "sem_seg" -> SemSegEvaluator; "coco_panoptic_seg" -> the
     semantic, COCO instance and panoptic evaluators together; "lvis", "pascal_voc",
-    "cityscapes_instance", "cityscapes_sem_seg" -> their evaluators.
+    "cityscapes_instance", "cityscapes_sem_seg", "rotated_coco" -> their evaluators.
 
     Raises:
         NotImplementedError: the dataset has no (known) ``evaluator_type``;
@@ -61,6 +63,8 @@ def build_evaluator(
         return CityscapesSemSegEvaluator(dataset_name)
     if evaluator_type == "pascal_voc":
         return PascalVOCDetectionEvaluator(dataset_name)
+    if evaluator_type == "rotated_coco":
+        return RotatedCOCOEvaluator(dataset_name, output_dir=output_folder)
     if evaluator_type == "lvis":
         return LVISEvaluator(dataset_name, output_dir=output_folder)
     if not evaluators:

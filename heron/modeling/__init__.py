@@ -14,8 +14,11 @@ from heron.modeling.backbone import (
     FPN,
     Backbone,
     ResNet,
+    SimpleFeaturePyramid,
+    ViT,
     build_backbone,
     build_resnet_backbone,
+    get_vit_lr_decay_rate,
     make_stage,
 )
 from heron.modeling.box_regression import (
@@ -25,10 +28,16 @@ from heron.modeling.box_regression import (
 )
 from heron.modeling.matcher import Matcher
 from heron.modeling.meta_arch import (
+    FCOS,
     META_ARCH_REGISTRY,
+    SEM_SEG_HEADS_REGISTRY,
     GeneralizedRCNN,
+    PanopticFPN,
     ProposalNetwork,
+    RetinaNet,
+    SemanticSegmentor,
     build_model,
+    build_sem_seg_head,
 )
 from heron.modeling.poolers import ROIPooler
 from heron.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
@@ -36,6 +45,7 @@ from heron.modeling.proposal_generator import (
     PROPOSAL_GENERATOR_REGISTRY,
     RPN,
     RPN_HEAD_REGISTRY,
+    RRPN,
     StandardRPNHead,
     build_proposal_generator,
     build_rpn_head,
@@ -54,6 +64,8 @@ from heron.modeling.roi_heads import (
     MaskRCNNConvUpsampleHead,
     Res5ROIHeads,
     ROIHeads,
+    RotatedFastRCNNOutputLayers,
+    RROIHeads,
     StandardROIHeads,
     build_box_head,
     build_keypoint_head,
@@ -61,10 +73,16 @@ from heron.modeling.roi_heads import (
     build_roi_heads,
 )
 from heron.modeling.sampling import subsample_labels
+from heron.modeling.test_time_augmentation import (
+    DatasetMapperTTA,
+    GeneralizedRCNNWithTTA,
+    SemanticSegmentorWithTTA,
+)
 
 __all__ = [
     "ANCHOR_GENERATOR_REGISTRY",
     "BACKBONE_REGISTRY",
+    "FCOS",
     "FPN",
     "META_ARCH_REGISTRY",
     "PROPOSAL_GENERATOR_REGISTRY",
@@ -74,6 +92,8 @@ __all__ = [
     "ROI_MASK_HEAD_REGISTRY",
     "RPN",
     "RPN_HEAD_REGISTRY",
+    "RRPN",
+    "SEM_SEG_HEADS_REGISTRY",
     "Backbone",
     "BaseKeypointRCNNHead",
     "BaseMaskRCNNHead",
@@ -81,21 +101,31 @@ __all__ = [
     "Box2BoxTransformLinear",
     "Box2BoxTransformRotated",
     "CascadeROIHeads",
+    "DatasetMapperTTA",
     "DefaultAnchorGenerator",
     "FastRCNNConvFCHead",
     "FastRCNNOutputLayers",
     "GeneralizedRCNN",
+    "GeneralizedRCNNWithTTA",
     "KRCNNConvDeconvUpsampleHead",
     "MaskRCNNConvUpsampleHead",
     "Matcher",
+    "PanopticFPN",
     "ProposalNetwork",
     "ROIHeads",
     "ROIPooler",
+    "RROIHeads",
     "Res5ROIHeads",
     "ResNet",
+    "RetinaNet",
     "RotatedAnchorGenerator",
+    "RotatedFastRCNNOutputLayers",
+    "SemanticSegmentor",
+    "SemanticSegmentorWithTTA",
+    "SimpleFeaturePyramid",
     "StandardROIHeads",
     "StandardRPNHead",
+    "ViT",
     "build_anchor_generator",
     "build_backbone",
     "build_box_head",
@@ -106,7 +136,9 @@ __all__ = [
     "build_resnet_backbone",
     "build_roi_heads",
     "build_rpn_head",
+    "build_sem_seg_head",
     "detector_postprocess",
+    "get_vit_lr_decay_rate",
     "make_stage",
     "sem_seg_postprocess",
     "subsample_labels",

@@ -72,7 +72,7 @@ def _lock(path: str) -> Iterator[None]:
         yield
         return
     while True:
-        f = open(path, "a")
+        f = open(path, "a")  # noqa: SIM115 (held open while the lock is held)
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             current = os.stat(path).st_ino

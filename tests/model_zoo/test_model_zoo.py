@@ -111,7 +111,7 @@ def test_zoo_download_command_prints_the_cached_path(mirror, capsys):
     name = "PascalVOC-Detection/faster_rcnn_R_50_C4"
     mirror.files[_path_of(name)] = b"checkpoint bytes"
     assert main(["zoo", "download", name + ".yaml"]) == 0
-    path = capsys.readouterr().out.strip()
+    path = capsys.readouterr().out.strip().splitlines()[-1]  # after any log lines
     assert path == download_checkpoint(name)
     with open(path, "rb") as f:
         assert f.read() == b"checkpoint bytes"

@@ -23,6 +23,9 @@ CASES = [
     "mask_R50_FPN_dconv",
     "mask_R50_FPN_gn",
     "lvis_mask_R50_FPN",
+    "retinanet_R50_FPN",
+    "semantic_R50_FPN",
+    "panoptic_R50_FPN",
 ]
 
 

@@ -41,6 +41,7 @@ from heron.data.datasets.shapes import (
     get_shapes_panoptic_metadata,
     register_shapes,
 )
+from heron.data.datasets.shapes_rotated import load_shapes_rotated_json, register_shapes_rotated
 from heron.data.datasets.yolo import load_yolo, register_yolo
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "load_labelme",
     "load_lvis_json",
     "load_sem_seg",
+    "load_shapes_rotated_json",
     "load_voc_instances",
     "load_yolo",
     "merge_to_panoptic",
@@ -73,6 +75,7 @@ __all__ = [
     "register_lvis_instances",
     "register_pascal_voc",
     "register_shapes",
+    "register_shapes_rotated",
     "register_yolo",
     "separate_coco_semantic_from_panoptic",
 ]

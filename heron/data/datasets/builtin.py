@@ -19,6 +19,7 @@ from heron.data.datasets.coco_panoptic import register_all_coco_panoptic
 from heron.data.datasets.lvis import register_lvis_instances
 from heron.data.datasets.pascal_voc import register_pascal_voc
 from heron.data.datasets.shapes import register_shapes
+from heron.data.datasets.shapes_rotated import register_shapes_rotated
 
 __all__ = [
     "register_all_ade20k",
@@ -98,8 +99,10 @@ def register_all_pascal_voc(root: str) -> None:
 
 
 def register_all_shapes(root: str) -> None:
-    """shapes_train / shapes_val, generated under ``root``/shapes on first use."""
+    """shapes_train / shapes_val (and their panoptic and rotated-box forms), generated under
+    ``root``/shapes on first use."""
     register_shapes(root)
+    register_shapes_rotated(root)
 
 
 def _register_all() -> None:

@@ -27,6 +27,12 @@ from heron.modeling.roi_heads.roi_heads import (
     build_roi_heads,
     select_foreground_proposals,
 )
+from heron.modeling.roi_heads.rotated_fast_rcnn import (
+    RotatedFastRCNNOutputLayers,
+    RROIHeads,
+    fast_rcnn_inference_rotated,
+    fast_rcnn_inference_single_image_rotated,
+)
 
 __all__ = [
     "ROI_BOX_HEAD_REGISTRY",
@@ -41,11 +47,15 @@ __all__ = [
     "KRCNNConvDeconvUpsampleHead",
     "MaskRCNNConvUpsampleHead",
     "ROIHeads",
+    "RROIHeads",
     "Res5ROIHeads",
+    "RotatedFastRCNNOutputLayers",
     "StandardROIHeads",
     "build_box_head",
     "build_keypoint_head",
     "build_mask_head",
     "build_roi_heads",
+    "fast_rcnn_inference_rotated",
+    "fast_rcnn_inference_single_image_rotated",
     "select_foreground_proposals",
 ]

@@ -1,0 +1,287 @@
+"""Rotated Fast R-CNN (Detectron2's ``roi_heads/rotated_fast_rcnn.py``): the box branch of
+`StandardROIHeads` on rotated proposals, with rotated box coding, IoU and NMS.
+
+Boxes are (cx, cy, w, h, angle in degrees, counter-clockwise), as `RotatedBoxes`.
+
+Shapes:
+    R: regions of one image; K: foreground classes; C: box sets (K, or 1 when
+    class-agnostic); D: detections kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from heron.config.config import CfgNode, configurable
+from heron.layers.nms import batched_nms_rotated
+from heron.layers.roi_align_rotated import ROIAlignRotated
+from heron.layers.shape_spec import ShapeSpec
+from heron.modeling.box_regression import Box2BoxTransformRotated
+from heron.modeling.poolers import ROIPooler
+from heron.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
+from heron.modeling.roi_heads.box_head import build_box_head
+from heron.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, get_fed_loss_cls_weights
+from heron.modeling.roi_heads.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from heron.structures.instances import Instances
+from heron.structures.rotated_boxes import RotatedBoxes, pairwise_iou
+from heron.utils.events import try_get_event_storage
+
+__all__ = [
+    "RROIHeads",
+    "RotatedFastRCNNOutputLayers",
+    "fast_rcnn_inference_rotated",
+    "fast_rcnn_inference_single_image_rotated",
+]
+
+_BOX_DIM = 5
+
+
+def fast_rcnn_inference_rotated(
+    boxes: list[Tensor] | tuple[Tensor, ...],
+    scores: list[Tensor] | tuple[Tensor, ...],
+    image_shapes: list[tuple[int, int]],
+    score_thresh: float,
+    nms_thresh: float,
+    topk_per_image: int,
+) -> tuple[list[Instances], list[Tensor]]:
+    """Rotated detections for every image: see `fast_rcnn_inference_single_image_rotated`.
+
+    Returns:
+        instances: per image, ``pred_boxes`` (`RotatedBoxes`), ``scores``, ``pred_classes``.
+        kept_indices: per image, (D,) int64 index of the region each detection came from.
+    """
+    results = [
+        fast_rcnn_inference_single_image_rotated(
+            b, s, shape, score_thresh, nms_thresh, topk_per_image
+        )
+        for b, s, shape in zip(boxes, scores, image_shapes)
+    ]
+    return [r[0] for r in results], [r[1] for r in results]
+
+
+def fast_rcnn_inference_single_image_rotated(
+    boxes: Tensor,
+    scores: Tensor,
+    image_shape: tuple[int, int],
+    score_thresh: float,
+    nms_thresh: float,
+    topk_per_image: int,
+) -> tuple[Instances, Tensor]:
+    """Clip, score threshold, per-class rotated NMS and top-k for one image.
+
+    As Detectron2: regions with a non-finite box or score are dropped; boxes are clipped
+    with `RotatedBoxes.clip` (only nearly horizontal ones change; all angles are
+    normalized to [-180, 180)).
+
+    Args:
+        boxes: (R, C*5) predicted rotated boxes, pixels of the network input.
+        scores: (R, K + 1) class probabilities, last column background.
+        image_shape: (h, w) to clip boxes to.
+        score_thresh: keep (region, class) pairs scoring strictly above this.
+        nms_thresh: rotated-IoU threshold of the class-wise NMS.
+        topk_per_image: keep this many detections (< 0: all).
+
+    Returns:
+        Instances sorted by decreasing score, and the (D,) region index of each.
+    """
+    if boxes.dim() != 2 or boxes.shape[1] % _BOX_DIM != 0:
+        raise ValueError(f"boxes must be (R, C*5) rotated boxes, got {tuple(boxes.shape)}")
+    if scores.dim() != 2 or scores.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"scores must be ({boxes.shape[0]}, K + 1) to match boxes, got {tuple(scores.shape)}"
+        )
+    valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+    if not valid.all():
+        boxes, scores = boxes[valid], scores[valid]
+    scores = scores[:, :-1]  # drop background
+    num_box_sets = boxes.shape[1] // _BOX_DIM
+    # A copy: clip works in place, which autograd refuses on views of split outputs.
+    clipped = RotatedBoxes(boxes.reshape(-1, _BOX_DIM).clone())
+    clipped.clip(image_shape)
+    boxes = clipped.tensor.view(-1, num_box_sets, _BOX_DIM)  # (R, C, 5)
+
+    filter_mask = scores > score_thresh  # (R, K)
+    filter_inds = filter_mask.nonzero()  # (D0, 2): region, class
+    if num_box_sets == 1:
+        boxes = boxes[filter_inds[:, 0], 0]
+    else:
+        boxes = boxes[filter_mask]
+    scores = scores[filter_mask]
+
+    keep = batched_nms_rotated(boxes, scores, filter_inds[:, 1], nms_thresh)
+    if topk_per_image >= 0:
+        keep = keep[:topk_per_image]
+    boxes, scores, filter_inds = boxes[keep], scores[keep], filter_inds[keep]
+
+    result = Instances(image_shape)
+    result.pred_boxes = RotatedBoxes(boxes)
+    result.scores = scores
+    result.pred_classes = filter_inds[:, 1]
+    return result, filter_inds[:, 0]
+
+
+class RotatedFastRCNNOutputLayers(FastRCNNOutputLayers):
+    """`FastRCNNOutputLayers` for rotated boxes: 5 deltas per box set, rotated inference.
+
+    Takes `FastRCNNOutputLayers`' arguments with a `Box2BoxTransformRotated`.
+    """
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec | int, **kwargs: Any) -> None:
+        super().__init__(input_shape, **kwargs)
+        if not isinstance(self.box2box_transform, Box2BoxTransformRotated):
+            raise TypeError(
+                "RotatedFastRCNNOutputLayers needs box2box_transform=Box2BoxTransformRotated, "
+                f"got {type(self.box2box_transform).__name__}"
+            )
+        if self.box_reg_loss_type != "smooth_l1":
+            raise ValueError(
+                "rotated boxes support only MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE 'smooth_l1', "
+                f"got {self.box_reg_loss_type!r}"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
+        box_head = cfg.MODEL.ROI_BOX_HEAD
+        if len(box_head.BBOX_REG_WEIGHTS) != _BOX_DIM:
+            raise ValueError(
+                "rotated Fast R-CNN needs 5 values in MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS "
+                f"(dx, dy, dw, dh, da), got {tuple(box_head.BBOX_REG_WEIGHTS)}"
+            )
+        # FastRCNNOutputLayers.from_config's keys, with the rotated box coding.
+        return {
+            "input_shape": input_shape,
+            "box2box_transform": Box2BoxTransformRotated(weights=box_head.BBOX_REG_WEIGHTS),
+            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            "cls_agnostic_bbox_reg": box_head.CLS_AGNOSTIC_BBOX_REG,
+            "smooth_l1_beta": box_head.SMOOTH_L1_BETA,
+            "test_score_thresh": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+            "test_nms_thresh": cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "box_reg_loss_type": box_head.BBOX_REG_LOSS_TYPE,
+            "loss_weight": {"loss_box_reg": box_head.BBOX_REG_LOSS_WEIGHT},
+            "use_fed_loss": box_head.USE_FED_LOSS,
+            "use_sigmoid_ce": box_head.USE_SIGMOID_CE,
+            "get_fed_loss_cls_weights": lambda: get_fed_loss_cls_weights(
+                cfg.DATASETS.TRAIN, box_head.FED_LOSS_FREQ_WEIGHT_POWER
+            ),
+            "fed_loss_num_classes": box_head.FED_LOSS_NUM_CLASSES,
+        }
+
+    def inference(
+        self, predictions: tuple[Tensor, Tensor], proposals: list[Instances]
+    ) -> tuple[list[Instances], list[Tensor]]:
+        """Final rotated detections per image (see `fast_rcnn_inference_rotated`)."""
+        boxes = self.predict_boxes(predictions, proposals)
+        scores = self.predict_probs(predictions, proposals)
+        image_shapes = [x.image_size for x in proposals]
+        return fast_rcnn_inference_rotated(
+            boxes,
+            scores,
+            image_shapes,
+            self.test_score_thresh,
+            self.test_nms_thresh,
+            self.test_topk_per_image,
+        )
+
+
+@ROI_HEADS_REGISTRY.register()
+class RROIHeads(StandardROIHeads):
+    """`StandardROIHeads` for rotated proposals: a box branch only (no mask or keypoint
+    heads, as Detectron2), pooled by ROIAlignRotated, proposals labelled by rotated IoU."""
+
+    @configurable
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.mask_on or self.keypoint_on:
+            raise ValueError("RROIHeads has no mask or keypoint branch")
+        if self.train_on_pred_boxes:
+            raise ValueError("RROIHeads does not support train_on_pred_boxes")
+        if not all(isinstance(p, ROIAlignRotated) for p in self.box_pooler.level_poolers):
+            raise ValueError("RROIHeads needs a box_pooler of type 'ROIAlignRotated'")
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
+        if cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINT_ON:
+            raise ValueError(
+                "RROIHeads has no mask or keypoint branch: set MODEL.MASK_ON and "
+                f"MODEL.KEYPOINT_ON to False, got {cfg.MODEL.MASK_ON} and {cfg.MODEL.KEYPOINT_ON}"
+            )
+        return super().from_config(cfg, input_shape)
+
+    @classmethod
+    def _init_box_head(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
+        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
+        head_cfg = cfg.MODEL.ROI_BOX_HEAD
+        if head_cfg.POOLER_TYPE != "ROIAlignRotated":
+            raise ValueError(
+                "RROIHeads needs MODEL.ROI_BOX_HEAD.POOLER_TYPE 'ROIAlignRotated', "
+                f"got {head_cfg.POOLER_TYPE!r}"
+            )
+        channels = {input_shape[f].channels for f in in_features}
+        if len(channels) != 1:
+            raise ValueError(
+                f"ROI head inputs {in_features} must share a channel count, got {channels}"
+            )
+        resolution = head_cfg.POOLER_RESOLUTION
+        box_pooler = ROIPooler(
+            output_size=resolution,
+            scales=tuple(1.0 / input_shape[k].stride for k in in_features),
+            sampling_ratio=head_cfg.POOLER_SAMPLING_RATIO,
+            pooler_type=head_cfg.POOLER_TYPE,
+        )
+        box_head = build_box_head(
+            cfg, ShapeSpec(channels=channels.pop(), height=resolution, width=resolution)
+        )
+        return {
+            "box_in_features": in_features,
+            "box_pooler": box_pooler,
+            "box_head": box_head,
+            "box_predictor": RotatedFastRCNNOutputLayers(cfg, box_head.output_shape),
+        }
+
+    @torch.no_grad()
+    def label_and_sample_proposals(
+        self, proposals: list[Instances], targets: list[Instances]
+    ) -> list[Instances]:
+        """Sampled training regions labelled by rotated IoU with the ground truth.
+
+        Args:
+            proposals: per image, ``proposal_boxes`` (`RotatedBoxes`) and
+                ``objectness_logits``.
+            targets: per image, ``gt_boxes`` (`RotatedBoxes`) and ``gt_classes``.
+
+        Returns:
+            Per image, the sampled regions with ``gt_classes`` (K for background) and, when
+            the image has ground truth, the ``gt_boxes`` they were matched to.
+        """
+        if self.proposal_append_gt:
+            proposals = add_ground_truth_to_proposals(targets, proposals)
+        sampled_proposals, num_fg, num_bg = [], [], []
+        for per_image, targets_per_image in zip(proposals, targets):
+            gt_boxes = targets_per_image.gt_boxes
+            if not isinstance(gt_boxes, RotatedBoxes):
+                raise TypeError(
+                    f"RROIHeads needs RotatedBoxes gt_boxes, got {type(gt_boxes).__name__}"
+                )
+            iou = pairwise_iou(gt_boxes, per_image.proposal_boxes)  # (G, P)
+            matched_idxs, matched_labels = self.proposal_matcher(iou)
+            sampled_idxs, gt_classes = self._sample_proposals(
+                matched_idxs, matched_labels, targets_per_image.gt_classes
+            )
+            per_image = per_image[sampled_idxs]
+            per_image.gt_classes = gt_classes
+            if len(targets_per_image) > 0:
+                per_image.gt_boxes = gt_boxes[matched_idxs[sampled_idxs]]
+            num_bg.append(int((gt_classes == self.num_classes).sum()))
+            num_fg.append(gt_classes.numel() - num_bg[-1])
+            sampled_proposals.append(per_image)
+        storage = try_get_event_storage()
+        if storage is not None:
+            storage.put_scalar("roi_head/num_fg_samples", float(np.mean(num_fg)))
+            storage.put_scalar("roi_head/num_bg_samples", float(np.mean(num_bg)))
+        return sampled_proposals
