@@ -8,8 +8,8 @@ top-k, decoding and batched NMS. Timings alternate between the two models (media
 fresh subprocess.
 
 One architectural difference remains: Detectron2's (and Heron's) P6 is a stride-2 conv on
-C5 (2048 channels), torchvision's on P5 (256 channels); at 480x640 the extra cost is one
-3x3 conv of 2048 -> 256 channels on a 8x10 map (about 0.4 GFLOPs of ~150).
+C5 (2048 channels), torchvision's on P5 (256 channels); at 480x640 that conv's output is
+8x10, so Heron does (2048 - 256) x 256 x 9 x 80 = 0.33 G more multiply-adds.
 
     .venv/bin/python benchmarks/bench_retinanet_cpu.py [--runs 10] [--threads N]
 """
