@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from heron.layers.nms import batched_nms
 from heron.modeling.backbone.backbone import Backbone
 from heron.modeling.meta_arch.rcnn import _PixelNormalizer, _rescale_outputs
 from heron.structures.boxes import Boxes
@@ -237,3 +238,37 @@ class DenseDetector(_PixelNormalizer, metaclass=ABCMeta):
             for anchors_i, scores_i, deltas_i in zip(anchors, pred_scores, pred_deltas)
         ]
         return Instances.cat(predictions)
+
+    def inference_single_image(
+        self,
+        anchors: list[Boxes],
+        box_cls: list[Tensor],
+        box_delta: list[Tensor],
+        image_size: tuple[int, int],
+    ) -> Instances:
+        """Detections of one image: per-level threshold and top-k, then per-class NMS.
+
+        Uses the subclass's ``test_score_thresh``, ``test_topk_candidates``,
+        ``test_nms_thresh`` and ``max_detections_per_image``.
+
+        Args:
+            anchors: L per-level anchors (Ri, 4).
+            box_cls: L tensors (Ri, C) of scores.
+            box_delta: L tensors (Ri, 4) of box deltas.
+            image_size: (height, width) of the network input.
+
+        Returns:
+            at most max_detections_per_image detections, by decreasing score.
+        """
+        pred = self._decode_multi_level_predictions(
+            anchors,
+            box_cls,
+            box_delta,
+            self.test_score_thresh,
+            self.test_topk_candidates,
+            image_size,
+        )
+        keep = batched_nms(
+            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
+        )
+        return pred[keep[: self.max_detections_per_image]]

@@ -27,7 +27,6 @@ from torch.nn import functional as F
 
 from heron.config.config import CfgNode, configurable
 from heron.layers.losses import sigmoid_focal_loss_jit
-from heron.layers.nms import batched_nms
 from heron.layers.shape_spec import ShapeSpec
 from heron.modeling.anchor_generator import DefaultAnchorGenerator
 from heron.modeling.backbone.backbone import Backbone
@@ -423,31 +422,3 @@ class FCOS(DenseDetector):
                 self.inference_single_image(anchors, scores_per_image, deltas_per_image, image_size)
             )
         return results
-
-    def inference_single_image(
-        self,
-        anchors: list[Boxes],
-        box_cls: list[Tensor],
-        box_delta: list[Tensor],
-        image_size: tuple[int, int],
-    ) -> Instances:
-        """Detections of one image: per-level threshold and top-k, then per-class NMS.
-
-        Args:
-            anchors: L per-level anchors (Ri, 4).
-            box_cls: L tensors (Ri, C) of scores.
-            box_delta: L tensors (Ri, 4) of box deltas.
-            image_size: (height, width) of the network input.
-        """
-        pred = self._decode_multi_level_predictions(
-            anchors,
-            box_cls,
-            box_delta,
-            self.test_score_thresh,
-            self.test_topk_candidates,
-            image_size,
-        )
-        keep = batched_nms(
-            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
-        )
-        return pred[keep[: self.max_detections_per_image]]
