@@ -1,0 +1,12 @@
+"""Mask R-CNN R50-C4, 1x schedule, as a lazy config."""
+
+from ..common.coco_schedule import lr_multiplier_1x as lr_multiplier
+from ..common.data.coco import dataloader
+from ..common.models.mask_rcnn_c4 import model
+from ..common.optim import SGD as optimizer
+from ..common.train import train
+
+__all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]
+
+model.backbone.freeze_at = 2  # the C4 model's backbone is the ResNet itself
+train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
