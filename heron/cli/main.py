@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from heron import __version__
 
 # heron/cli modules with an `add_parser(subparsers)` that registers their verbs.
-_VERB_MODULES = ("demo", "evaluate", "predict", "visualize", "analyze", "benchmark", "zoo")
+_VERB_MODULES = (
+    "demo",
+    "evaluate",
+    "predict",
+    "visualize",
+    "analyze",
+    "benchmark",
+    "export",
+    "zoo",
+)
 
 
 def _cmd_env(args: argparse.Namespace) -> int:

@@ -1,0 +1,255 @@
+"""Exported models (ONNX in onnxruntime, torch.export, traced TorchScript) against eager mode.
+
+Every model is exported with a 100 x 120 sample and run on an 80 x 72 image, so a size baked
+into the graph would show up as a shape or value mismatch. Weights are seeded and random,
+with score thresholds of 0 so that there are detections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from heron.export.api import (
+    ExportError,
+    export_model_outputs,
+    export_onnx,
+    export_torch_export,
+    export_torchscript,
+    run_exported,
+)
+from heron.modeling import build_model
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "modeling"))
+from rcnn_fixtures import small_rcnn_cfg
+
+# Tolerances of the export check: boxes in pixels, scores and mask probabilities absolute.
+BOX_ATOL, SCORE_ATOL, PROB_ATOL = 1e-3, 1e-4, 1e-3
+
+
+def _c4_cfg():
+    cfg = small_rcnn_cfg(mask=True)
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res4"]
+    cfg.MODEL.RPN.IN_FEATURES = ["res4"]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16, 32, 64]]
+    cfg.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 0
+    return cfg
+
+
+def _dense_cfg(arch: str):
+    cfg = small_rcnn_cfg()
+    m = cfg.MODEL
+    m.META_ARCHITECTURE = arch
+    m.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+    m.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    m.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    if arch == "FCOS":
+        from heron.modeling.meta_arch.fcos import add_fcos_config
+
+        cfg = add_fcos_config(cfg)
+        cfg.MODEL.FCOS.NUM_CLASSES = 2
+        cfg.MODEL.FCOS.NUM_CONVS = 2
+        cfg.MODEL.FCOS.SCORE_THRESH_TEST = 0.0
+    else:
+        m.RETINANET.NUM_CLASSES = 2
+        m.RETINANET.NUM_CONVS = 2
+        m.RETINANET.SCORE_THRESH_TEST = 0.0
+        m.ANCHOR_GENERATOR.SIZES = [[s, s * 2 ** (1 / 3)] for s in (32, 64, 128, 256, 512)]
+    return cfg
+
+
+def _seg_cfg(arch: str):
+    cfg = small_rcnn_cfg(mask=arch == "PanopticFPN")
+    cfg.MODEL.META_ARCHITECTURE = arch
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
+    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
+    return cfg
+
+
+CONFIGS = {
+    "faster_fpn": lambda: small_rcnn_cfg(),
+    "mask_fpn": lambda: small_rcnn_cfg(mask=True),
+    "keypoint_fpn": lambda: small_rcnn_cfg(keypoint=True),
+    "cascade_mask_fpn": lambda: small_rcnn_cfg(mask=True, cascade=True),
+    "mask_c4": _c4_cfg,
+    "retinanet": lambda: _dense_cfg("RetinaNet"),
+    "fcos": lambda: _dense_cfg("FCOS"),
+    "semantic_fpn": lambda: _seg_cfg("SemanticSegmentor"),
+    "panoptic_fpn": lambda: _seg_cfg("PanopticFPN"),
+}
+
+
+def build_small_model(name: str):
+    """(model in eval mode, cfg) of CONFIGS[name], seeded, every detection kept."""
+    cfg = CONFIGS[name]()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    torch.manual_seed(0)
+    return build_model(cfg).eval(), cfg
+
+
+def sample_images(name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """The export sample (3, 100, 120) and a test image of another size (3, 80, 72), 0..255.
+
+    torch.export specializes what is special in the sample: its P6 (stride 64) is 2 x 2,
+    not 1 x 1, and neither side is a multiple of 32 (both need padding), as in the test
+    image.
+    FCOS gets (3, 128, 160) and (3, 160, 136): its GroupNorm head needs more than one
+    value per group on P7 (stride 128), in eager mode too.
+    """
+    g = torch.Generator().manual_seed(1)
+    sizes = [(128, 160), (160, 136)] if name == "fcos" else [(100, 120), (80, 72)]
+    return tuple(torch.rand(3, h, w, generator=g) * 255 for h, w in sizes)
+
+
+def assert_outputs_match(expected: dict, actual: dict) -> None:
+    """Exported outputs equal eager ones within the export tolerances, name by name."""
+    assert list(actual) == list(expected)
+    for name, want in expected.items():
+        got = torch.as_tensor(actual[name])
+        assert got.shape == want.shape, f"{name}: {tuple(got.shape)} != {tuple(want.shape)}"
+        if name == "classes" or not want.is_floating_point():
+            torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+            continue
+        atol = {"boxes": BOX_ATOL, "keypoints": BOX_ATOL, "scores": SCORE_ATOL}.get(name, PROB_ATOL)
+        torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=atol, msg=name)
+
+
+def _eager(model, image, postprocess="outside"):
+    with torch.no_grad():
+        return export_model_outputs(model, image, postprocess)
+
+
+@pytest.mark.parametrize(
+    "name", ["faster_fpn", "mask_fpn", "cascade_mask_fpn", "retinanet", "fcos", "panoptic_fpn"]
+)
+def test_onnx_matches_eager_on_an_image_of_another_size(name, tmp_path):
+    import onnx
+
+    model, cfg = build_small_model(name)
+    sample, other = sample_images(name)
+    path = export_onnx(model, sample, str(tmp_path / "model.onnx"), cfg=cfg)
+    for image in (sample, other):
+        expected = _eager(model, image)
+        assert_outputs_match(expected, run_exported(path, image))
+    if "boxes" in expected:
+        assert len(expected["boxes"]) > 0  # the comparison saw detections
+    props = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert props["heron.format"] == "heron-deploy-v1"
+    assert json.loads(props["outputs"]) == list(expected)
+    assert props["meta_architecture"] == type(model).__name__
+
+
+def test_onnx_uses_standard_nms_and_roialign_ops(tmp_path):
+    import onnx
+
+    model, cfg = build_small_model("mask_fpn")
+    path = export_onnx(model, sample_images()[0], str(tmp_path / "m.onnx"), cfg=cfg, opset=18)
+    proto = onnx.load(path)
+    ops = {n.op_type for n in proto.graph.node}
+    for node in proto.graph.node:  # NMS sits in the branch of an If (empty input guard)
+        for attr in node.attribute:
+            ops |= {n.op_type for n in attr.g.node}
+    assert {"NonMaxSuppression", "RoiAlign"} <= ops
+    assert all(o.domain in ("", "ai.onnx") for o in proto.opset_import)
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {18}
+
+
+def test_onnx_deploy_contract_inputs_outputs_and_metadata(tmp_path):
+    import onnx
+
+    model, cfg = build_small_model("panoptic_fpn")
+    path = export_onnx(model, sample_images()[0], str(tmp_path / "p.onnx"), cfg=cfg)
+    proto = onnx.load(path)
+    (inp,) = proto.graph.input
+    assert inp.name == "image"
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_value == 3 and dims[1].dim_param and dims[2].dim_param
+    names = [o.name for o in proto.graph.output]
+    assert names == ["boxes", "scores", "classes", "mask_probs", "sem_seg"]
+    props = {p.key: p.value for p in proto.metadata_props}
+    combine = cfg.MODEL.PANOPTIC_FPN.COMBINE
+    assert props["panoptic_overlap_thresh"] == str(combine.OVERLAP_THRESH)
+    assert props["panoptic_stuff_area_limit"] == str(combine.STUFF_AREA_LIMIT)
+    assert props["panoptic_instances_score_thresh"] == str(combine.INSTANCES_CONFIDENCE_THRESH)
+    assert props["input_format"] == cfg.INPUT.FORMAT
+    assert props["min_size_test"] == str(cfg.INPUT.MIN_SIZE_TEST)
+    assert props["mask_threshold"] == "0.5"
+    assert json.loads(props["thing_classes"]) == [] and json.loads(props["stuff_classes"]) == []
+
+
+def test_onnx_rejects_old_opsets_and_bad_postprocess(tmp_path):
+    model, _ = build_small_model("faster_fpn")
+    with pytest.raises(ValueError, match="opset must be >= 17, got 11"):
+        export_onnx(model, sample_images()[0], str(tmp_path / "m.onnx"), opset=11)
+    with pytest.raises(ValueError, match="postprocess must be 'outside' or 'inside'"):
+        export_onnx(model, sample_images()[0], str(tmp_path / "m.onnx"), postprocess="both")
+
+
+def test_panoptic_inside_is_refused_with_the_reason(tmp_path):
+    model, _ = build_small_model("panoptic_fpn")
+    with pytest.raises(ExportError, match=r"PanopticFPN .*postprocess='inside'"):
+        export_onnx(model, sample_images()[0], str(tmp_path / "m.onnx"), postprocess="inside")
+
+
+def test_onnx_postprocess_inside_clips_boxes_to_the_input(tmp_path):
+    model, _ = build_small_model("faster_fpn")
+    sample, other = sample_images()
+    path = export_onnx(model, sample, str(tmp_path / "m.onnx"), postprocess="inside")
+    expected = _eager(model, other, "inside")
+    boxes = expected["boxes"]
+    # detector_postprocess to the input's own size: inside [0, W] x [0, H], none empty
+    assert len(boxes) > 0 and bool((boxes[:, 2:] <= torch.tensor([72.0, 80.0])).all())
+    assert bool(((boxes[:, 2:] - boxes[:, :2]) > 0).all())
+    assert_outputs_match(expected, run_exported(path, other))
+
+
+def test_mask_models_have_no_traced_inside_form(tmp_path):
+    model, _ = build_small_model("mask_fpn")
+    with pytest.raises(ExportError, match=r"mask head .* postprocess='inside': paste_masks"):
+        export_onnx(model, sample_images()[0], str(tmp_path / "m.onnx"), postprocess="inside")
+
+
+@pytest.mark.parametrize("name", ["mask_fpn", "semantic_fpn"])
+def test_torchscript_trace_matches_eager_on_another_size(name, tmp_path):
+    model, _ = build_small_model(name)
+    sample, other = sample_images()
+    path = export_torchscript(model, sample, str(tmp_path / "model.ts"))
+    for image in (sample, other):
+        assert_outputs_match(_eager(model, image), run_exported(path, image))
+
+
+def test_torch_export_of_semantic_segmentor_matches_eager(tmp_path):
+    model, _ = build_small_model("semantic_fpn")
+    sample, other = sample_images()
+    path = export_torch_export(model, sample, str(tmp_path / "model.pt2"))
+    for image in (sample, other):
+        assert_outputs_match(_eager(model, image), run_exported(path, image))
+
+
+def test_torch_export_of_rcnn_raises_naming_model_and_format(tmp_path):
+    model, _ = build_small_model("faster_fpn")
+    with pytest.raises(ExportError, match=r"GeneralizedRCNN cannot be exported with torch\.export"):
+        export_torch_export(model, sample_images()[0], str(tmp_path / "model.pt2"))
+
+
+def test_keypoint_models_are_refused_for_traced_formats(tmp_path):
+    model, _ = build_small_model("keypoint_fpn")
+    with pytest.raises(ExportError, match=r"keypoint head cannot be exported to ONNX.*heatmaps"):
+        export_onnx(model, sample_images()[0], str(tmp_path / "m.onnx"))
+    with pytest.raises(ExportError, match="keypoint head cannot be exported to TorchScript"):
+        export_torchscript(model, sample_images()[0], str(tmp_path / "m.ts"))
+
+
+def test_export_refuses_training_mode_and_unknown_models(tmp_path):
+    model, _ = build_small_model("faster_fpn")
+    with pytest.raises(ValueError, match="eval mode"):
+        export_onnx(model.train(), sample_images()[0], str(tmp_path / "m.onnx"))
+    with pytest.raises(ExportError, match="cannot export a Linear"):
+        export_onnx(torch.nn.Linear(2, 2), sample_images()[0], str(tmp_path / "m.onnx"))
