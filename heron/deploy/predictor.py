@@ -13,7 +13,13 @@ import os
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+
+try:
+    import onnxruntime as ort
+except ImportError as e:  # the deploy machine needs onnxruntime, nothing else heavy
+    raise ImportError(
+        "heron.deploy needs onnxruntime: pip install onnxruntime (or heron[export])"
+    ) from e
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from heron.deploy.postprocess import (
