@@ -108,7 +108,7 @@ def sample_images(name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(torch.rand(3, h, w, generator=g) * 255 for h, w in sizes)
 
 
-def assert_outputs_match(expected: dict, actual: dict) -> None:
+def assert_outputs_match(expected: dict, actual: dict, box_atol: float | None = None) -> None:
     """Exported outputs equal eager ones within the export tolerances, name by name."""
     assert list(actual) == list(expected)
     for name, want in expected.items():
@@ -117,8 +117,22 @@ def assert_outputs_match(expected: dict, actual: dict) -> None:
         if name == "classes" or not want.is_floating_point():
             torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
             continue
-        atol = {"boxes": BOX_ATOL, "keypoints": BOX_ATOL, "scores": SCORE_ATOL}.get(name, PROB_ATOL)
+        box = BOX_ATOL if box_atol is None else box_atol
+        atol = {"boxes": box, "keypoints": box, "scores": SCORE_ATOL}.get(name, PROB_ATOL)
         torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=atol, msg=name)
+
+
+def test_onnx_c4_mask_rcnn_matches_eager_within_the_export_box_tolerance(tmp_path):
+    # res5 runs per region in the C4 head and onnxruntime's RoiAlign + convolutions sum in
+    # another order: measured box differences reach 3.6e-3 px, inside the 1e-2 px that the
+    # export requirements allow (issue 10), though above the 1e-3 the FPN models meet.
+    model, cfg = build_small_model("mask_c4")
+    sample, other = sample_images()
+    path = export_onnx(model, sample, str(tmp_path / "model.onnx"), cfg=cfg)
+    for image in (sample, other):
+        expected = _eager(model, image)
+        assert len(expected["boxes"]) > 0
+        assert_outputs_match(expected, run_exported(path, image), box_atol=1e-2)
 
 
 def _eager(model, image, postprocess="outside"):
