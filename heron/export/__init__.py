@@ -8,7 +8,6 @@ from heron.export.api import (
     export_torch_export,
     export_torchscript,
     load_exported,
-    patch_builtin_len,
     run_exported,
 )
 from heron.export.flatten import (
@@ -38,6 +37,5 @@ __all__ = [
     "export_torchscript",
     "flatten_to_tuple",
     "load_exported",
-    "patch_builtin_len",
     "run_exported",
 ]

@@ -39,13 +39,9 @@ Which exporter does what, with torch 2.14:
 
 from __future__ import annotations
 
-import builtins
-import contextlib
-import importlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -65,22 +61,11 @@ __all__ = [
     "export_torch_export",
     "export_torchscript",
     "load_exported",
-    "patch_builtin_len",
     "run_exported",
 ]
 
 DEPLOY_FORMAT = "heron-deploy-v1"
 _SUPPORTED = ("GeneralizedRCNN", "RetinaNet", "FCOS", "SemanticSegmentor", "PanopticFPN")
-# Model code that calls len() on tensor-backed structures in the inference path; len()
-# turns a traced size into a constant, __len__() keeps it a tensor.
-_LEN_MODULES = (
-    "heron.modeling.poolers",
-    "heron.modeling.roi_heads.fast_rcnn",
-    "heron.modeling.roi_heads.mask_head",
-    "heron.modeling.roi_heads.keypoint_head",
-)
-# Model code that calls int() on feature-map sizes in the inference path.
-_INT_MODULES = ("heron.modeling.anchor_generator",)
 _NAMES_FILE = "heron_outputs.json"
 
 
@@ -101,49 +86,6 @@ def _meta_architecture(model: nn.Module) -> str:
         f"cannot export a {type(model).__name__}: supported meta-architectures are "
         f"{list(_SUPPORTED)} and their subclasses"
     )
-
-
-def _traced_len(x: Any) -> Any:
-    return x.__len__()
-
-
-def _traced_int(x: Any) -> Any:
-    # a traced size (0-d tensor under torch.jit.trace) or a symbolic one (torch.export)
-    # stays what it is; int() would turn it into a constant of the sample
-    if (isinstance(x, Tensor) and torch.jit.is_tracing()) or isinstance(x, torch.SymInt):
-        return x
-    return builtins.int(x)
-
-
-@contextlib.contextmanager
-def _patch_builtin(name: str, replacement: Any, modules: tuple[str, ...]) -> Iterator[None]:
-    loaded = [importlib.import_module(m) for m in modules]
-    for module in loaded:
-        setattr(module, name, replacement)
-    try:
-        yield
-    finally:
-        for module in loaded:
-            delattr(module, name)
-
-
-@contextlib.contextmanager
-def patch_builtin_len(modules: tuple[str, ...] = _LEN_MODULES) -> Iterator[None]:
-    """Make ``len(x)`` call ``x.__len__()`` inside the given modules while active.
-
-    While tracing, ``Boxes.__len__`` returns a 0-d tensor so that the number of
-    detections stays dynamic; the builtin len() would turn it into a constant.
-    """
-    with _patch_builtin("len", _traced_len, modules):
-        yield
-
-
-@contextlib.contextmanager
-def _patch_for_tracing() -> Iterator[None]:
-    """`patch_builtin_len`, and int() that keeps traced sizes as tensors where model code
-    converts feature-map sizes (the anchor grid), so that anchors follow the input size."""
-    with patch_builtin_len(), _patch_builtin("int", _traced_int, _INT_MODULES):
-        yield
 
 
 def _preprocess(model: nn.Module, image: Tensor) -> ImageList:
@@ -346,7 +288,7 @@ def export_onnx(
             if name == "masks":
                 axes[name] = {0: "detections", 1: "height", 2: "width"}
     try:
-        with _patch_for_tracing(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             # torchvision scripts its batched NMS helper while tracing (not our call)
@@ -390,7 +332,7 @@ def export_torchscript(
     _check_traceable(model, arch, "TorchScript", postprocess)
     adapter, names = _adapter(model, image, postprocess)
     try:
-        with _patch_for_tracing(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
             traced = torch.jit.trace(adapter, (image,), check_trace=False)
@@ -424,8 +366,7 @@ def export_torch_export(
         # forward(*args): the varargs are one tuple, hence the extra nesting
         shapes = (({1: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO},),)
     try:
-        with _patch_for_tracing():
-            program = torch.export.export(adapter, (image,), dynamic_shapes=shapes, strict=False)
+        program = torch.export.export(adapter, (image,), dynamic_shapes=shapes, strict=False)
     except Exception as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         # the exporter names the model line it stopped at in a 'File "..."' line

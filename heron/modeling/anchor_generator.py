@@ -74,7 +74,8 @@ def _grid_offsets(
     grid_size: Sequence[int], stride: int, offset: float, like: Tensor
 ) -> tuple[Tensor, Tensor]:
     """(H*W,) x and y coordinates of every cell's anchor centre, row-major."""
-    grid_height, grid_width = int(grid_size[0]), int(grid_size[1])
+    # no int(): a traced or symbolic size must stay one, so that anchors follow the input
+    grid_height, grid_width = grid_size[0], grid_size[1]
     shifts_x = move_device_like(
         torch.arange(
             offset * stride,

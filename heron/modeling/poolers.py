@@ -49,7 +49,8 @@ def assign_boxes_to_levels(
 def convert_boxes_to_pooler_format(box_lists: list[Boxes | RotatedBoxes]) -> Tensor:
     """Concatenate per-image boxes into (R, 1 + box_dim) rows [image index, box...]."""
     boxes = torch.cat([b.tensor for b in box_lists], dim=0)
-    sizes = shapes_to_tensor([len(b) for b in box_lists]).to(device=boxes.device)
+    # __len__ rather than len(): under tracing it keeps the box counts dynamic
+    sizes = shapes_to_tensor([b.__len__() for b in box_lists]).to(device=boxes.device)
     image_idxs = torch.repeat_interleave(
         torch.arange(len(box_lists), dtype=boxes.dtype, device=boxes.device), sizes
     )
@@ -138,7 +139,8 @@ class ROIPooler(nn.Module):
         levels = assign_boxes_to_levels(
             box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
         )
-        output = x[0].new_zeros((len(pooler_fmt_boxes), channels, *self.output_size))
+        # size(0) rather than len(): under tracing the number of regions stays dynamic
+        output = x[0].new_zeros((pooler_fmt_boxes.size(0), channels, *self.output_size))
         for level, pooler in enumerate(self.level_poolers):
             idxs = nonzero_tuple(levels == level)[0]
             output.index_put_((idxs,), pooler(x[level], pooler_fmt_boxes[idxs]))

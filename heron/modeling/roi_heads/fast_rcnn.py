@@ -314,7 +314,7 @@ class FastRCNNOutputLayers(nn.Module):
             )
             rows = torch.arange(num_regions, dtype=torch.long, device=boxes.device)
             boxes = boxes.view(num_regions, num_box_sets, box_dim)[rows, gt_classes]
-        return boxes.split([len(p) for p in proposals])
+        return boxes.split([p.__len__() for p in proposals])
 
     def predict_boxes(
         self, predictions: tuple[Tensor, Tensor], proposals: list[Instances]
@@ -323,7 +323,8 @@ class FastRCNNOutputLayers(nn.Module):
         if not len(proposals):
             return []
         boxes, _ = self._decode(predictions, proposals)
-        return boxes.split([len(p) for p in proposals])
+        # __len__ rather than len(): under tracing the region counts stay dynamic
+        return boxes.split([p.__len__() for p in proposals])
 
     def _decode(
         self, predictions: tuple[Tensor, Tensor], proposals: list[Instances]
@@ -339,4 +340,4 @@ class FastRCNNOutputLayers(nn.Module):
         """Per image, (Ri, K + 1) class probabilities (softmax, or sigmoid per class)."""
         scores, _ = predictions
         probs = scores.sigmoid() if self.use_sigmoid_ce else F.softmax(scores, dim=-1)
-        return probs.split([len(p) for p in proposals], dim=0)
+        return probs.split([p.__len__() for p in proposals], dim=0)

@@ -84,7 +84,7 @@ def keypoint_rcnn_inference(pred_keypoint_logits: Tensor, pred_instances: list[I
     boxes = cat([b.pred_boxes.tensor for b in pred_instances], dim=0)
     pred_keypoint_logits = pred_keypoint_logits.detach()
     keypoints = heatmaps_to_keypoints(pred_keypoint_logits, boxes.detach())
-    counts = [len(i) for i in pred_instances]
+    counts = [i.__len__() for i in pred_instances]  # traced counts stay dynamic
     # Columns of heatmaps_to_keypoints: x, y, logit, score; Detectron2 reports x, y, score.
     keypoints = keypoints[:, :, [0, 1, 3]].split(counts, dim=0)
     heatmaps = pred_keypoint_logits.split(counts, dim=0)

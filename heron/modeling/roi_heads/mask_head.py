@@ -107,7 +107,7 @@ def mask_rcnn_inference(pred_mask_logits: Tensor, pred_instances: list[Instances
         )
         mask_probs = pred_mask_logits[rows, class_pred][:, None].sigmoid()
     for probs, instances in zip(
-        mask_probs.split([len(i) for i in pred_instances], dim=0), pred_instances
+        mask_probs.split([i.__len__() for i in pred_instances], dim=0), pred_instances
     ):
         instances.pred_masks = probs
 
