@@ -6,14 +6,18 @@ Shapes:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from heron.layers.nms import batched_nms
 from heron.structures.boxes import Boxes
 from heron.structures.instances import Instances
+from heron.structures.rotated_boxes import RotatedBoxes
 
-__all__ = ["fast_rcnn_inference", "fast_rcnn_inference_single_image"]
+__all__ = ["fast_rcnn_inference", "fast_rcnn_inference_single_image", "threshold_nms_topk"]
 
 
 def fast_rcnn_inference(
@@ -58,14 +62,41 @@ def fast_rcnn_inference_single_image(
     Returns:
         Instances sorted by decreasing score, and the (D,) region index of each.
     """
+    return threshold_nms_topk(
+        boxes, scores, image_shape, score_thresh, nms_thresh, topk_per_image, Boxes, batched_nms
+    )
+
+
+def threshold_nms_topk(
+    boxes: Tensor,
+    scores: Tensor,
+    image_shape: tuple[int, int],
+    score_thresh: float,
+    nms_thresh: float,
+    topk_per_image: int,
+    box_type: Callable[[Tensor], Any],
+    nms: Callable[[Tensor, Tensor, Tensor, float], Tensor],
+) -> tuple[Instances, Tensor]:
+    """The steps both box kinds share: drop non-finite regions, clip (in place) with
+    ``box_type(...).clip``, keep (region, class) pairs above `score_thresh`, class-wise
+    `nms`, then the top `topk_per_image`.
+
+    Args:
+        boxes: (R, C * B) boxes, B the box dimension of `box_type` (4: Boxes,
+            5: RotatedBoxes).
+        box_type: `Boxes` or `RotatedBoxes`.
+        nms: `batched_nms` or `batched_nms_rotated`.
+        Others: as `fast_rcnn_inference_single_image`.
+    """
+    box_dim = 5 if box_type is RotatedBoxes else 4
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
     if not valid.all():
         boxes, scores = boxes[valid], scores[valid]
     scores = scores[:, :-1]  # drop background
-    num_box_sets = boxes.shape[1] // 4
-    clipped = Boxes(boxes.reshape(-1, 4))
+    num_box_sets = boxes.shape[1] // box_dim
+    clipped = box_type(boxes.reshape(-1, box_dim))
     clipped.clip(image_shape)
-    boxes = clipped.tensor.view(-1, num_box_sets, 4)  # (R, C, 4)
+    boxes = clipped.tensor.view(-1, num_box_sets, box_dim)  # (R, C, B)
 
     filter_mask = scores > score_thresh  # (R, K)
     filter_inds = filter_mask.nonzero()  # (D0, 2): region, class
@@ -75,13 +106,13 @@ def fast_rcnn_inference_single_image(
         boxes = boxes[filter_mask]
     scores = scores[filter_mask]
 
-    keep = batched_nms(boxes, scores, filter_inds[:, 1], nms_thresh)
+    keep = nms(boxes, scores, filter_inds[:, 1], nms_thresh)
     if topk_per_image >= 0:
         keep = keep[:topk_per_image]
     boxes, scores, filter_inds = boxes[keep], scores[keep], filter_inds[keep]
 
     result = Instances(image_shape)
-    result.pred_boxes = Boxes(boxes)
+    result.pred_boxes = box_type(boxes)
     result.scores = scores
     result.pred_classes = filter_inds[:, 1]
     return result, filter_inds[:, 0]

@@ -25,6 +25,7 @@ from heron.modeling.poolers import ROIPooler
 from heron.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from heron.modeling.roi_heads.box_head import build_box_head
 from heron.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, get_fed_loss_cls_weights
+from heron.modeling.roi_heads.fast_rcnn_inference import threshold_nms_topk
 from heron.modeling.roi_heads.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from heron.structures.instances import Instances
 from heron.structures.rotated_boxes import RotatedBoxes, pairwise_iou
@@ -94,34 +95,17 @@ def fast_rcnn_inference_single_image_rotated(
         raise ValueError(
             f"scores must be ({boxes.shape[0]}, K + 1) to match boxes, got {tuple(scores.shape)}"
         )
-    valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-    if not valid.all():
-        boxes, scores = boxes[valid], scores[valid]
-    scores = scores[:, :-1]  # drop background
-    num_box_sets = boxes.shape[1] // _BOX_DIM
     # A copy: clip works in place, which autograd refuses on views of split outputs.
-    clipped = RotatedBoxes(boxes.reshape(-1, _BOX_DIM).clone())
-    clipped.clip(image_shape)
-    boxes = clipped.tensor.view(-1, num_box_sets, _BOX_DIM)  # (R, C, 5)
-
-    filter_mask = scores > score_thresh  # (R, K)
-    filter_inds = filter_mask.nonzero()  # (D0, 2): region, class
-    if num_box_sets == 1:
-        boxes = boxes[filter_inds[:, 0], 0]
-    else:
-        boxes = boxes[filter_mask]
-    scores = scores[filter_mask]
-
-    keep = batched_nms_rotated(boxes, scores, filter_inds[:, 1], nms_thresh)
-    if topk_per_image >= 0:
-        keep = keep[:topk_per_image]
-    boxes, scores, filter_inds = boxes[keep], scores[keep], filter_inds[keep]
-
-    result = Instances(image_shape)
-    result.pred_boxes = RotatedBoxes(boxes)
-    result.scores = scores
-    result.pred_classes = filter_inds[:, 1]
-    return result, filter_inds[:, 0]
+    return threshold_nms_topk(
+        boxes.clone(),
+        scores,
+        image_shape,
+        score_thresh,
+        nms_thresh,
+        topk_per_image,
+        RotatedBoxes,
+        batched_nms_rotated,
+    )
 
 
 class RotatedFastRCNNOutputLayers(FastRCNNOutputLayers):
