@@ -182,6 +182,9 @@ class RPN(nn.Module):
         self.box_reg_loss_type = box_reg_loss_type
         self.smooth_l1_beta = smooth_l1_beta
 
+    # The box coding from_config builds with RPN.BBOX_REG_WEIGHTS (RRPN: the rotated one).
+    _box_coder = Box2BoxTransform
+
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
         rpn = cfg.MODEL.RPN
@@ -198,7 +201,7 @@ class RPN(nn.Module):
                 "loss_rpn_loc": rpn.BBOX_REG_LOSS_WEIGHT * rpn.LOSS_WEIGHT,
             },
             "anchor_boundary_thresh": rpn.BOUNDARY_THRESH,
-            "box2box_transform": Box2BoxTransform(weights=rpn.BBOX_REG_WEIGHTS),
+            "box2box_transform": cls._box_coder(weights=rpn.BBOX_REG_WEIGHTS),
             "box_reg_loss_type": rpn.BBOX_REG_LOSS_TYPE,
             "smooth_l1_beta": rpn.SMOOTH_L1_BETA,
             "pre_nms_topk": (rpn.PRE_NMS_TOPK_TRAIN, rpn.PRE_NMS_TOPK_TEST),

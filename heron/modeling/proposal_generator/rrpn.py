@@ -17,12 +17,10 @@ from torch import Tensor
 from heron.config.config import CfgNode, configurable
 from heron.layers.nms import batched_nms_rotated
 from heron.layers.shape_spec import ShapeSpec
-from heron.modeling.anchor_generator import build_anchor_generator
 from heron.modeling.box_regression import Box2BoxTransformRotated
-from heron.modeling.matcher import Matcher
 from heron.modeling.proposal_generator.build import PROPOSAL_GENERATOR_REGISTRY
 from heron.modeling.proposal_generator.proposal_utils import _is_tracing, _top_k_per_level
-from heron.modeling.proposal_generator.rpn import RPN, build_rpn_head
+from heron.modeling.proposal_generator.rpn import RPN
 from heron.structures.instances import Instances
 from heron.structures.rotated_boxes import RotatedBoxes, pairwise_iou
 from heron.utils.memory import retry_if_cuda_oom
@@ -118,6 +116,8 @@ class RRPN(RPN):
                 f"'RotatedAnchorGenerator'), got {type(self.anchor_generator).__name__}"
             )
 
+    _box_coder = Box2BoxTransformRotated
+
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
         rpn = cfg.MODEL.RPN
@@ -126,30 +126,7 @@ class RRPN(RPN):
                 "RRPN needs 5 values in MODEL.RPN.BBOX_REG_WEIGHTS (dx, dy, dw, dh, da), "
                 f"got {tuple(rpn.BBOX_REG_WEIGHTS)}"
             )
-        shapes = [input_shape[f] for f in rpn.IN_FEATURES]
-        # RPN.from_config's keys, with the rotated box coding.
-        return {
-            "in_features": rpn.IN_FEATURES,
-            "min_box_size": cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE,
-            "nms_thresh": rpn.NMS_THRESH,
-            "batch_size_per_image": rpn.BATCH_SIZE_PER_IMAGE,
-            "positive_fraction": rpn.POSITIVE_FRACTION,
-            "loss_weight": {
-                "loss_rpn_cls": rpn.LOSS_WEIGHT,
-                "loss_rpn_loc": rpn.BBOX_REG_LOSS_WEIGHT * rpn.LOSS_WEIGHT,
-            },
-            "anchor_boundary_thresh": rpn.BOUNDARY_THRESH,
-            "box2box_transform": Box2BoxTransformRotated(weights=rpn.BBOX_REG_WEIGHTS),
-            "box_reg_loss_type": rpn.BBOX_REG_LOSS_TYPE,
-            "smooth_l1_beta": rpn.SMOOTH_L1_BETA,
-            "pre_nms_topk": (rpn.PRE_NMS_TOPK_TRAIN, rpn.PRE_NMS_TOPK_TEST),
-            "post_nms_topk": (rpn.POST_NMS_TOPK_TRAIN, rpn.POST_NMS_TOPK_TEST),
-            "anchor_generator": build_anchor_generator(cfg, shapes),
-            "anchor_matcher": Matcher(
-                rpn.IOU_THRESHOLDS, rpn.IOU_LABELS, allow_low_quality_matches=True
-            ),
-            "head": build_rpn_head(cfg, shapes),
-        }
+        return super().from_config(cfg, input_shape)  # with _box_coder rotated
 
     @torch.no_grad()
     def label_and_sample_anchors(
