@@ -18,20 +18,23 @@ Which exporter does what, with torch 2.14:
 
 - ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) on a
   trace of `TracingAdapter`, as Detectron2 does. torchvision's `nms` and `roi_align`
-  become the standard ONNX NonMaxSuppression and RoiAlign. The dynamo exporter is not
-  used: it needs `torch.export`, which fails on these models (below).
-- `torch.export.export` refuses Python branches on tensor values (e.g. "are all
-  proposals finite" in the RPN); where the model has one, `export_torch_export` raises
-  `ExportError` naming the model, the format and the exporter's reason.
-- Keypoint heads are refused by the traced formats: `heatmaps_to_keypoints` loops over
-  the detections in Python, so a trace would hold only for the sample's detections.
-- Where `torch.export` works (SemanticSegmentor), the program holds for the sizes that
-  share the sample's special cases: measured, a coarsest feature map of 1 x 1 (H or W
-  <= 64 with P6) and a height that is a multiple of the size divisibility are
-  specialized. Use a sample whose sides are not multiples of 32 and over 64; other sizes
-  then raise a guard error when run.
-- TorchScript: `torch.jit.trace` (`torch.jit.script` is deprecated and does not handle this
-  code). A trace records the branches taken for the sample image; Heron's inference has no
+  become the standard ONNX NonMaxSuppression and RoiAlign.
+- `torch.export.export` (non-strict) captures every supported model but keypoint ones.
+  Model code that validates data (non-finite boxes, matching Instances lengths, empty
+  inputs) filters unconditionally or skips the check while exporting, so that the number
+  of detections is a data-dependent size, not a guard. Keypoint decoding
+  (`heatmaps_to_keypoints`) loops over the detections, each resized to its own box size;
+  torch.export has no loop over a data-dependent count, so keypoint models raise
+  `ExportError` (ONNX and TorchScript script that loop).
+- Keypoint decoding is scripted while tracing, so the ONNX graph holds a Loop over the
+  detections.
+- A torch.export program holds for the sizes that share the sample's special cases:
+  measured, a coarsest feature map of 1 x 1 (H or W <= 64 with P6, <= 128 with P7) and a
+  height that is a multiple of the size divisibility are specialized. Use a sample whose
+  sides are not multiples of 32 and whose coarsest map is at least 2 x 2; other sizes then
+  raise a guard error when run.
+- TorchScript: `torch.jit.trace` (`torch.jit.script` is deprecated; only the keypoint
+  decoding loop is scripted, by `torch.jit.script_if_tracing`). A trace records the branches taken for the sample image; Heron's inference has no
   branch on the image size or the number of detections once traced (sizes stay tensors),
   so the traced module runs on other sizes, but a branch that depends on the data (e.g. a
   detector whose sample produced no detection at all) is frozen to the sample's path.
@@ -178,14 +181,6 @@ def _check_traceable(model: nn.Module, arch: str, what: str, postprocess: str) -
             "paste_masks_in_image (heron/layers/mask_ops.py) converts the image size and the "
             "box windows to Python ints, so a trace would paste at the sample's size; export "
             "with postprocess='outside' and paste outside the graph"
-        )
-    if getattr(getattr(model, "roi_heads", None), "keypoint_on", False):
-        raise ExportError(
-            f"{arch} with a keypoint head cannot be exported to {what}: "
-            "heatmaps_to_keypoints (heron/structures/keypoints.py) loops over the detections "
-            "in Python and resizes each heatmap to int() of its box size, so a trace would "
-            "only hold for the sample's number of detections and box sizes (and the function "
-            "cannot be scripted)"
         )
 
 
@@ -353,13 +348,22 @@ def export_torch_export(
     """Export with `torch.export.export` (dynamic H and W) and save with `torch.export.save`.
 
     Raises:
-        ExportError: the exporter cannot capture the model (its reason is included).
+        ExportError: a keypoint model (see the module docstring), or the exporter cannot
+            capture the model (its reason is included).
 
     Returns:
         `path`.
     """
     arch = _meta_architecture(model)
     image = _sample_image(sample_inputs)
+    if getattr(getattr(model, "roi_heads", None), "keypoint_on", False):
+        raise ExportError(
+            f"{arch} with a keypoint head cannot be exported with torch.export: "
+            "heatmaps_to_keypoints (heron/structures/keypoints.py) resizes each detection's "
+            "heatmap to its own box size in a loop over the detections, and torch.export "
+            "has no loop over a data-dependent count; export to ONNX or TorchScript, "
+            "which script that loop"
+        )
     adapter, names = _adapter(model, image, postprocess)
     shapes = None
     if dynamic:

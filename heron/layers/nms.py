@@ -43,7 +43,25 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     boxes = boxes.float()
     if scores.dtype != boxes.dtype:  # torchvision requires one dtype (e.g. float64 scores)
         scores = scores.to(boxes.dtype)
+    if torch.compiler.is_exporting():
+        return _batched_nms_by_offsets(boxes, scores, idxs, iou_threshold)
     return box_ops.batched_nms(boxes, scores, idxs, iou_threshold)
+
+
+def _batched_nms_by_offsets(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float
+) -> Tensor:
+    """Per-category NMS as one `nms` call, boxes of category c shifted by c * (max + 1).
+
+    torchvision's `batched_nms` branches on the number of boxes, which torch.export cannot
+    capture when that number depends on the data. The shift makes boxes of different
+    categories disjoint whenever coordinates are >= 0 (as detections' are), so one NMS
+    suppresses within categories only; the maximum includes 0 so that an empty input
+    needs no branch either.
+    """
+    max_coordinate = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
+    offsets = idxs.to(boxes) * (max_coordinate + 1)
+    return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
 def nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from heron.layers.roi_align import ROIAlign, ROIPool
 from heron.layers.roi_align_rotated import ROIAlignRotated
-from heron.layers.wrappers import nonzero_tuple, shapes_to_tensor
+from heron.layers.wrappers import nonzero_tuple
 from heron.structures.boxes import Boxes
 from heron.structures.rotated_boxes import RotatedBoxes
 
@@ -48,13 +48,13 @@ def assign_boxes_to_levels(
 
 def convert_boxes_to_pooler_format(box_lists: list[Boxes | RotatedBoxes]) -> Tensor:
     """Concatenate per-image boxes into (R, 1 + box_dim) rows [image index, box...]."""
-    boxes = torch.cat([b.tensor for b in box_lists], dim=0)
-    # __len__ rather than len(): under tracing it keeps the box counts dynamic
-    sizes = shapes_to_tensor([b.__len__() for b in box_lists]).to(device=boxes.device)
-    image_idxs = torch.repeat_interleave(
-        torch.arange(len(box_lists), dtype=boxes.dtype, device=boxes.device), sizes
-    )
-    return torch.cat([image_idxs[:, None], boxes], dim=1)
+    # The index column is built from each image's boxes, not from their counts, so that
+    # traced and exported graphs keep the counts dynamic.
+    rows = [
+        torch.cat([torch.full_like(b.tensor[:, :1], i), b.tensor], dim=1)
+        for i, b in enumerate(box_lists)
+    ]
+    return torch.cat(rows, dim=0)
 
 
 class ROIPooler(nn.Module):

@@ -203,9 +203,10 @@ class Boxes:
             tensor = torch.as_tensor(tensor, dtype=torch.float32, device=torch.device("cpu"))
         else:
             tensor = tensor.to(torch.float32)
-        if tensor.numel() == 0:
+        if (tensor.dim() != 2 or tensor.shape[-1] != 4) and tensor.numel() == 0:
             # reshape rather than a new tensor, so the result still depends on the input
-            # (keeps traced graphs connected), as Detectron2 does.
+            # (keeps traced graphs connected), as Detectron2 does. (N, 4) is left alone, so
+            # that torch.export does not guard on whether a data-dependent N is 0.
             tensor = tensor.reshape((-1, 4))
         if tensor.dim() != 2 or tensor.shape[-1] != 4:
             raise ValueError(f"Boxes: tensor must have shape (N, 4), got {tuple(tensor.shape)}")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import warnings
 from typing import Any
 
 import torch
+
+from heron.structures.boxes import _is_tracing_or_compiling
 
 __all__ = ["Instances"]
 
@@ -63,16 +64,15 @@ class Instances:
 
     def set(self, name: str, value: Any) -> None:
         """Set the field `name` to `value`, whose length must match the existing fields."""
-        try:
-            with warnings.catch_warnings(record=True):  # len() of a traced tensor warns
-                data_len = len(value)
-        except TypeError:
+        if not hasattr(value, "__len__"):
             raise TypeError(
                 f"Instances field '{name}' must have a length (one entry per instance), "
                 f"got a {type(value).__name__}"
-            ) from None
-        if self._fields:
-            current = len(self)
+            )
+        # A graph capture (trace, torch.export) would turn the lengths into constants or
+        # guards on data-dependent sizes: the check runs in eager mode only.
+        if self._fields and not _is_tracing_or_compiling():
+            data_len, current = len(value), len(self)
             if data_len != current:
                 raise ValueError(
                     f"Instances field '{name}' has length {data_len}, but the Instances has "

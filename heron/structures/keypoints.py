@@ -167,42 +167,49 @@ def heatmaps_to_keypoints(maps: Tensor, rois: Tensor) -> Tensor:
             f"heatmaps_to_keypoints: need maps (N, K, S, S) and rois (N, 4) with the same N, "
             f"got {tuple(maps.shape)} and {tuple(rois.shape)}"
         )
-    maps = maps.detach()
-    rois = rois.detach()
+    return _decode_heatmaps(maps.detach(), rois.detach())
 
+
+@torch.jit.script_if_tracing
+def _decode_heatmaps(maps: Tensor, rois: Tensor) -> Tensor:
+    """The loop of `heatmaps_to_keypoints`, scripted when traced.
+
+    Each region's heatmap is resized to its own box size, so regions are decoded one by one.
+    Eager mode runs this Python as written; a trace (ONNX, TorchScript export) scripts it,
+    so the exported loop runs over however many regions an image has, at their box sizes
+    (an ONNX Loop).
+    """
     offset_x = rois[:, 0]
     offset_y = rois[:, 1]
     widths = (rois[:, 2] - rois[:, 0]).clamp(min=1)
     heights = (rois[:, 3] - rois[:, 1]).clamp(min=1)
     widths_ceil = widths.ceil()
     heights_ceil = heights.ceil()
-
-    num_rois, num_keypoints = maps.shape[:2]
-    xy_preds = maps.new_zeros(num_rois, num_keypoints, 4)
     width_corrections = widths / widths_ceil
     height_corrections = heights / heights_ceil
-    keypoints_idx = torch.arange(num_keypoints, device=maps.device)
 
-    for i in range(num_rois):
-        outsize = (int(heights_ceil[i]), int(widths_ceil[i]))
-        roi_map = F.interpolate(maps[[i]], size=outsize, mode="bicubic", align_corners=False)
-        roi_map = roi_map.squeeze(0)  # (K, ceil(h), ceil(w))
+    num_keypoints = maps.shape[1]
+    rows: list[Tensor] = []
+    for i in range(maps.shape[0]):
+        outsize = [int(heights_ceil[i]), int(widths_ceil[i])]
+        roi_map = F.interpolate(maps[i : i + 1], size=outsize, mode="bicubic", align_corners=False)
+        width = roi_map.size(3)
+        roi_map = roi_map[0].reshape(num_keypoints, -1)  # (K, ceil(h) * ceil(w))
 
         # Softmax over space at full resolution, normalized over the S x S map.
-        max_score = roi_map.view(num_keypoints, -1).max(1).values.view(num_keypoints, 1, 1)
-        tmp_full_resolution = (roi_map - max_score).exp_()
-        tmp_pool_resolution = (maps[i] - max_score).exp_()
-        roi_map_scores = tmp_full_resolution / tmp_pool_resolution.sum((1, 2), keepdim=True)
+        max_score = roi_map.max(1).values.view(num_keypoints, 1)
+        tmp_full_resolution = (roi_map - max_score).exp()
+        tmp_pool_resolution = (maps[i].reshape(num_keypoints, -1) - max_score).exp()
+        roi_map_scores = tmp_full_resolution / tmp_pool_resolution.sum(1, keepdim=True)
 
-        w = roi_map.shape[2]
-        pos = roi_map.view(num_keypoints, -1).argmax(1)
-        x_int = pos % w
-        y_int = (pos - x_int) // w
-
-        x = (x_int.float() + 0.5) * width_corrections[i]
-        y = (y_int.float() + 0.5) * height_corrections[i]
-        xy_preds[i, :, 0] = x + offset_x[i]
-        xy_preds[i, :, 1] = y + offset_y[i]
-        xy_preds[i, :, 2] = roi_map[keypoints_idx, y_int, x_int]
-        xy_preds[i, :, 3] = roi_map_scores[keypoints_idx, y_int, x_int]
-    return xy_preds
+        pos = roi_map.argmax(1, keepdim=True)  # (K, 1)
+        x_int = pos % width
+        y_int = torch.div(pos, width, rounding_mode="floor")
+        x = (x_int.float() + 0.5) * width_corrections[i] + offset_x[i]
+        y = (y_int.float() + 0.5) * height_corrections[i] + offset_y[i]
+        logit = roi_map.gather(1, pos)
+        score = roi_map_scores.gather(1, pos)
+        rows.append(torch.cat([x, y, logit, score], dim=1))
+    if len(rows) == 0:
+        return maps.new_zeros((0, num_keypoints, 4))
+    return torch.stack(rows)

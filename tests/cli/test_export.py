@@ -32,9 +32,26 @@ def test_export_onnx_prints_small_differences_per_output(tiny_model, tmp_path, c
     assert float(diffs["classes"]) == 0 and float(diffs["mask_probs"]) < 1e-3
 
 
-def test_export_torch_export_of_rcnn_exits_1_with_the_reason(tiny_model, tmp_path, capsys):
+def test_export_torch_export_writes_a_program_equal_to_eager(tiny_model, tmp_path, capsys):
     config, weights = tiny_model
     argv = ["--config-file", config, "--weights", weights, "--format", "torch-export"]
     code = _run([*argv, "--output", str(tmp_path), "INPUT.MIN_SIZE_TEST", "48"])
+    assert code == 0
+    assert (tmp_path / "model.pt2").is_file()
+    diffs = dict(re.findall(r"  (\w+) \(.*\): max abs difference (\S+)", capsys.readouterr().out))
+    assert set(diffs) == {"boxes", "scores", "classes", "mask_probs"}
+    assert float(diffs["boxes"]) < 1e-3 and float(diffs["classes"]) == 0
+
+
+def test_export_torch_export_of_a_keypoint_model_exits_1_with_the_reason(
+    tiny_model, tmp_path, capsys
+):
+    config, weights = tiny_model
+    argv = ["--config-file", config, "--weights", weights, "--format", "torch-export"]
+    overrides = ["INPUT.MIN_SIZE_TEST", "48", "MODEL.KEYPOINT_ON", "True"]
+    code = _run([*argv, "--output", str(tmp_path), *overrides])
     assert code == 1
-    assert "GeneralizedRCNN cannot be exported with torch.export" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "keypoint head cannot be exported with torch.export" in err
+    assert "heatmaps_to_keypoints" in err
+    assert not (tmp_path / "model.pt2").exists()

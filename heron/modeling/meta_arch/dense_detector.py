@@ -68,7 +68,12 @@ def _topk_above_threshold(
     keep = scores > score_thresh
     kept_scores = scores[keep]
     idxs = torch.nonzero(keep)  # (k0, 2) (anchor, class), row-major order
-    num_topk = min(idxs.shape[0], topk_candidates)
+    if torch.jit.is_tracing():
+        # __len__() is a tensor while tracing: the traced k follows the input, where min()
+        # would freeze the sample's k into the graph
+        num_topk = idxs.__len__().clamp(max=topk_candidates)
+    else:
+        num_topk = min(idxs.shape[0], topk_candidates)
     kept_scores, order = kept_scores.topk(num_topk)
     anchor_idxs, class_idxs = idxs[order].unbind(dim=1)
     return kept_scores, anchor_idxs, class_idxs

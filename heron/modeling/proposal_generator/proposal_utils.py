@@ -9,14 +9,14 @@ from torch import Tensor
 
 from heron.layers.nms import batched_nms
 from heron.layers.wrappers import cat, move_device_like
-from heron.structures.boxes import Boxes
+from heron.structures.boxes import Boxes, _is_tracing_or_compiling
 from heron.structures.instances import Instances
 
 __all__ = ["add_ground_truth_to_proposals", "find_top_rpn_proposals"]
 
 
 def _is_tracing() -> bool:
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+    return _is_tracing_or_compiling()
 
 
 def _top_k_per_level(
@@ -77,11 +77,12 @@ def find_top_rpn_proposals(
     for n, image_size in enumerate(image_sizes):
         boxes, scores, levels = topk_proposals[n], topk_scores[n], level_ids
         valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-        if not valid.all():
-            if training:
+        if training:
+            if not valid.all():
                 raise FloatingPointError(
                     "Predicted boxes or scores contain Inf/NaN. Training has diverged."
                 )
+        elif _is_tracing() or not valid.all():  # a graph filters whatever the values are
             boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
         boxes = Boxes(boxes)
         boxes.clip(image_size)

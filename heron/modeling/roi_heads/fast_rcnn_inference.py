@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from heron.layers.nms import batched_nms
-from heron.structures.boxes import Boxes
+from heron.structures.boxes import Boxes, _is_tracing_or_compiling
 from heron.structures.instances import Instances
 from heron.structures.rotated_boxes import RotatedBoxes
 
@@ -90,7 +90,7 @@ def threshold_nms_topk(
     """
     box_dim = 5 if box_type is RotatedBoxes else 4
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-    if not valid.all():
+    if _is_tracing_or_compiling() or not valid.all():  # a graph filters whatever the values
         boxes, scores = boxes[valid], scores[valid]
     scores = scores[:, :-1]  # drop background
     num_box_sets = boxes.shape[1] // box_dim
