@@ -25,6 +25,7 @@ _VERB_MODULES = (
     "benchmark",
     "export",
     "zoo",
+    "serve",
 )
 
 
