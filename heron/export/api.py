@@ -10,9 +10,9 @@ backbone's size divisibility happen inside. The outputs are plain tensors with n
   Rescaling to the original image, mask pasting and panoptic merging are left to the
   caller (`heron.deploy`).
 - postprocess="inside": Detectron2's `detector_postprocess` to the input's own size runs in
-  the graph: boxes are clipped and empty boxes dropped. Mask models have no inside form in
-  the traced formats (mask pasting converts sizes to Python ints), nor has PanopticFPN
-  (its panoptic merge loops over detections in Python).
+  the graph: boxes are clipped and empty boxes dropped, and masks are pasted into (N, H, W)
+  bool "masks" (over the whole image, see `paste_masks_in_image`). PanopticFPN has no
+  inside form: its panoptic merge loops over detections in Python.
 
 Which exporter does what, with torch 2.14:
 
@@ -173,17 +173,6 @@ def export_model_outputs(model: nn.Module, image: Tensor, postprocess: str) -> d
     return out
 
 
-def _check_traceable(model: nn.Module, arch: str, what: str, postprocess: str) -> None:
-    """Refuse models whose inference a trace would freeze to the sample's detections."""
-    if postprocess == "inside" and getattr(getattr(model, "roi_heads", None), "mask_on", False):
-        raise ExportError(
-            f"{arch} with a mask head cannot be exported to {what} with postprocess='inside': "
-            "paste_masks_in_image (heron/layers/mask_ops.py) converts the image size and the "
-            "box windows to Python ints, so a trace would paste at the sample's size; export "
-            "with postprocess='outside' and paste outside the graph"
-        )
-
-
 def _adapter(model: nn.Module, image: Tensor, postprocess: str) -> tuple[TracingAdapter, list]:
     """A TracingAdapter (image) -> tuple of outputs, and the outputs' names in order."""
     if model.training:
@@ -273,7 +262,6 @@ def export_onnx(
         raise ValueError(f"opset must be >= 17, got {opset}")
     arch = _meta_architecture(model)
     image = _sample_image(sample_inputs)
-    _check_traceable(model, arch, "ONNX", postprocess)
     adapter, names = _adapter(model, image, postprocess)
     axes: dict[str, dict[int, str]] = {}
     if dynamic:
@@ -324,7 +312,6 @@ def export_torchscript(
     """
     arch = _meta_architecture(model)
     image = _sample_image(sample_inputs)
-    _check_traceable(model, arch, "TorchScript", postprocess)
     adapter, names = _adapter(model, image, postprocess)
     try:
         with warnings.catch_warnings():

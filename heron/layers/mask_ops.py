@@ -121,6 +121,8 @@ def paste_masks_in_image(
     mask alone would exceed it). Thresholded masks agree between the two. Soft (uint8)
     masks differ past the window, where the CPU writes 0 and the whole-image path keeps
     the faint bilinear fade (< 0.5) that reaches up to half a mask cell beyond the box.
+    While tracing or exporting, every mask is sampled over the whole image, whose size may
+    be a traced tensor (`_paste_masks_in_graph`).
 
     Args:
         masks: (N, Hm, Wm) soft masks with values in [0, 1].
@@ -145,9 +147,29 @@ def paste_masks_in_image(
             f"paste_masks_in_image: boxes must be ({masks.shape[0]}, 4) to match masks "
             f"{tuple(masks.shape)}, got shape {tuple(boxes.shape)}"
         )
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        return _paste_masks_in_graph(masks, boxes, image_shape, threshold)
     img_h, img_w = (int(s) for s in image_shape)
     chunk_size, skip_empty = _chunk_plan(masks.shape[0], img_h, img_w, boxes.device)
     return _paste_masks(masks, boxes, img_h, img_w, threshold, chunk_size, skip_empty)
+
+
+def _paste_masks_in_graph(
+    masks: Tensor, boxes: Tensor, image_shape: tuple[Any, Any], threshold: float
+) -> Tensor:
+    """`paste_masks_in_image` for traced and exported graphs: every mask over the whole image.
+
+    The eager paths turn the image size and the box window into Python ints, which a
+    trace would freeze to the sample's values. Here the image size may stay a traced
+    tensor and nothing depends on the boxes' values, so the graph pastes at any size.
+    Thresholded results equal the eager ones (sampling is the same; only the window that
+    eager mode skips, where every value is < 0.5 of a mask cell's fade, differs).
+    """
+    img_h, img_w = image_shape
+    soft = _sample_masks(masks[:, None], boxes, (0, img_h), (0, img_w))
+    if threshold >= 0:
+        return soft >= threshold
+    return (soft * 255).to(dtype=torch.uint8)
 
 
 def _chunk_plan(num_masks: int, img_h: int, img_w: int, device: torch.device) -> tuple[int, bool]:

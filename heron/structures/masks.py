@@ -486,6 +486,6 @@ class ROIMasks:
         # here so that importing heron.structures never imports heron.layers.
         from heron.layers.mask_ops import paste_masks_in_image
 
-        boxes = _boxes_tensor(boxes, "ROIMasks.to_bitmasks", len(self))
+        boxes = _boxes_tensor(boxes, "ROIMasks.to_bitmasks", self.tensor.shape[0])
         masks = self.tensor if self.tensor.is_floating_point() else self.tensor.float()
         return BitMasks(paste_masks_in_image(masks, boxes, (height, width), threshold=threshold))
