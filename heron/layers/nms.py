@@ -6,6 +6,8 @@ Shapes:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -14,7 +16,7 @@ from torchvision.ops import nms
 
 from heron.structures.rotated_boxes import pairwise_iou_rotated
 
-__all__ = ["batched_nms", "batched_nms_rotated", "nms", "nms_rotated"]
+__all__ = ["batched_nms", "batched_nms_rotated", "dense_per_class_nms", "nms", "nms_rotated"]
 
 # Sorted boxes handled together by nms_rotated: each block is compared with the boxes kept
 # so far in one IoU call, then resolved greedily inside.
@@ -62,6 +64,69 @@ def _batched_nms_by_offsets(
     max_coordinate = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
     offsets = idxs.to(boxes) * (max_coordinate + 1)
     return nms(boxes + offsets[:, None], scores, iou_threshold)
+
+
+class _DensePerClassNMS(torch.autograd.Function):
+    """Per-class NMS of dense (C, R) candidates; exported as one ONNX NonMaxSuppression.
+
+    The ONNX operator runs NMS per (batch, class) pair; with the C classes as its batch
+    dimension, each class's R boxes are compared only with each other, instead of one NMS
+    over all C * R boxes shifted apart by class (torchvision's `batched_nms` as traced),
+    which onnxruntime runs in time quadratic in C * R.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, boxes: Tensor, scores: Tensor, score_thresh: float, iou_thresh: float):
+        candidates = scores > score_thresh
+        classes, regions = candidates.nonzero().unbind(1)
+        keep = batched_nms(boxes[classes, regions], scores[classes, regions], classes, iou_thresh)
+        # the operator's order: by class, then by decreasing score
+        keep = keep[torch.sort(classes[keep], stable=True).indices]
+        return torch.stack([classes[keep], torch.zeros_like(keep), regions[keep]], dim=1)
+
+    @staticmethod
+    def symbolic(g: Any, boxes: Any, scores: Any, score_thresh: float, iou_thresh: float):
+        def constant(value: Any, dtype: torch.dtype) -> Any:
+            return g.op("Constant", value_t=torch.tensor([value], dtype=dtype))
+
+        scores = g.op("Unsqueeze", scores, constant(1, torch.int64))  # (C, 1, R)
+        return g.op(
+            "NonMaxSuppression",
+            boxes,
+            scores,
+            constant(2**31 - 1, torch.int64),  # max_output_boxes_per_class: no limit
+            constant(iou_thresh, torch.float32),
+            constant(score_thresh, torch.float32),
+        )
+
+
+def dense_per_class_nms(
+    boxes: Tensor, scores: Tensor, score_thresh: float, iou_thresh: float
+) -> tuple[Tensor, Tensor]:
+    """Score threshold and NMS within each class of dense per-class candidates.
+
+    Equivalent to thresholding, then `batched_nms` with the class as category; while
+    exporting to ONNX it becomes one NonMaxSuppression operator run per class (see
+    `_DensePerClassNMS`).
+
+    Args:
+        boxes: (C, R, 4) XYXY boxes, R candidates for each of C classes.
+        scores: (C, R) scores.
+        score_thresh: candidates scoring strictly above this take part.
+        iou_thresh: a box is suppressed by a higher-scoring box of its class with IoU above
+            this.
+
+    Returns:
+        (class, region) int64 index tensors (K,) of the kept candidates, grouped by class,
+        by decreasing score within a class.
+    """
+    if boxes.dim() != 3 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:2]:
+        raise ValueError(
+            "dense_per_class_nms: need boxes (C, R, 4) and scores (C, R), got "
+            f"{tuple(boxes.shape)} and {tuple(scores.shape)}"
+        )
+    selected = _DensePerClassNMS.apply(boxes.float(), scores.float(), score_thresh, iou_thresh)
+    return selected[:, 0], selected[:, 2]
 
 
 def nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:

@@ -5,7 +5,13 @@ import pytest
 import torch
 from torchvision import ops
 
-from heron.layers.nms import batched_nms, batched_nms_rotated, nms, nms_rotated
+from heron.layers.nms import (
+    batched_nms,
+    batched_nms_rotated,
+    dense_per_class_nms,
+    nms,
+    nms_rotated,
+)
 
 # The package re-exports a function of the same name, so fetch the module itself.
 nms_module = importlib.import_module("heron.layers.nms")
@@ -174,3 +180,54 @@ def test_batched_nms_rotated_of_empty_input_is_empty_int64():
         torch.zeros(0, 5), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5
     )
     assert keep.shape == (0,) and keep.dtype == torch.int64
+
+
+def test_dense_per_class_nms_hand_case():
+    # class 0: boxes 0 and 1 overlap with IoU 81/119 = 0.68 > 0.5, box 1 (0.9) wins;
+    # box 2 (0.2) is under the score threshold 0.3.
+    # class 1: the same boxes with other scores: box 0 (0.8) suppresses box 1 (0.7);
+    # box 2 is disjoint and kept.
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]])
+    dense = boxes.expand(2, 3, 4)
+    scores = torch.tensor([[0.5, 0.9, 0.2], [0.8, 0.7, 0.6]])
+    classes, regions = dense_per_class_nms(dense, scores, 0.3, 0.5)
+    assert classes.tolist() == [0, 1, 1]
+    assert regions.tolist() == [1, 0, 2]  # by class, then decreasing score
+
+
+def test_dense_per_class_nms_equals_thresholded_batched_nms():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(4, 50, 2, generator=g) * 80
+    boxes = torch.cat([xy, xy + 5 + torch.rand(4, 50, 2, generator=g) * 30], dim=2)
+    scores = torch.rand(4, 50, generator=g)
+    classes, regions = dense_per_class_nms(boxes, scores, 0.2, 0.4)
+    for c in range(4):  # per class: torchvision's NMS of the candidates above 0.2
+        idx = (scores[c] > 0.2).nonzero()[:, 0]
+        want = idx[ops.nms(boxes[c, idx], scores[c, idx], 0.4)]
+        assert regions[classes == c].tolist() == want.tolist()
+
+
+def test_dense_per_class_nms_exports_to_one_onnx_operator_run_per_class(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+
+    class PerClass(torch.nn.Module):
+        def forward(self, boxes, scores):
+            return torch.stack(dense_per_class_nms(boxes, scores, 0.2, 0.4), dim=1)
+
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(3, 40, 2, generator=g) * 60
+    boxes = torch.cat([xy, xy + 5 + torch.rand(3, 40, 2, generator=g) * 30], dim=2)
+    scores = torch.rand(3, 40, generator=g)
+    path = str(tmp_path / "nms.onnx")
+    axes = {"boxes": {0: "c", 1: "r"}, "scores": {0: "c", 1: "r"}}
+    torch.onnx.export(
+        PerClass(), (boxes, scores), path, dynamo=False, opset_version=17,
+        input_names=["boxes", "scores"], dynamic_axes=axes,
+    )  # fmt: skip
+    assert [n.op_type for n in onnx.load(path).graph.node].count("NonMaxSuppression") == 1
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for b, s in ((boxes, scores), (boxes[:2, :25], scores[:2, :25])):
+        (got,) = session.run(None, {"boxes": b.numpy(), "scores": s.numpy()})
+        want = torch.stack(dense_per_class_nms(b, s, 0.2, 0.4), dim=1)
+        assert got.tolist() == want.tolist()

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from heron.layers.nms import batched_nms
+from heron.layers.nms import batched_nms, dense_per_class_nms
 from heron.structures.boxes import Boxes, _is_tracing_or_compiling
 from heron.structures.instances import Instances
 from heron.structures.rotated_boxes import RotatedBoxes
@@ -98,21 +98,53 @@ def threshold_nms_topk(
     clipped.clip(image_shape)
     boxes = clipped.tensor.view(-1, num_box_sets, box_dim)  # (R, C, B)
 
-    filter_mask = scores > score_thresh  # (R, K)
-    filter_inds = filter_mask.nonzero()  # (D0, 2): region, class
-    if num_box_sets == 1:
-        boxes = boxes[filter_inds[:, 0], 0]
+    if box_type is Boxes and torch.onnx.is_in_onnx_export():
+        boxes, scores, filter_inds = _dense_nms_topk(
+            boxes, scores, score_thresh, nms_thresh, topk_per_image
+        )
     else:
-        boxes = boxes[filter_mask]
-    scores = scores[filter_mask]
+        filter_mask = scores > score_thresh  # (R, K)
+        filter_inds = filter_mask.nonzero()  # (D0, 2): region, class
+        if num_box_sets == 1:
+            boxes = boxes[filter_inds[:, 0], 0]
+        else:
+            boxes = boxes[filter_mask]
+        scores = scores[filter_mask]
 
-    keep = nms(boxes, scores, filter_inds[:, 1], nms_thresh)
-    if topk_per_image >= 0:
-        keep = keep[:topk_per_image]
-    boxes, scores, filter_inds = boxes[keep], scores[keep], filter_inds[keep]
+        keep = nms(boxes, scores, filter_inds[:, 1], nms_thresh)
+        if topk_per_image >= 0:
+            keep = keep[:topk_per_image]
+        boxes, scores, filter_inds = boxes[keep], scores[keep], filter_inds[keep]
 
     result = Instances(image_shape)
     result.pred_boxes = box_type(boxes)
     result.scores = scores
     result.pred_classes = filter_inds[:, 1]
     return result, filter_inds[:, 0]
+
+
+def _dense_nms_topk(
+    boxes: Tensor, scores: Tensor, score_thresh: float, nms_thresh: float, topk_per_image: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The threshold, class-wise NMS and top-k of `threshold_nms_topk` for ONNX graphs.
+
+    One NonMaxSuppression operator per class (`dense_per_class_nms`) instead of one over
+    every (region, class) pair: the same detections, in time onnxruntime can afford.
+
+    Args:
+        boxes: (R, 1 or K, 4) clipped boxes; scores: (R, K) foreground scores.
+
+    Returns:
+        boxes (D, 4), scores (D,) by decreasing score, and (D, 2) (region, class) indices.
+    """
+    dense = boxes.expand(-1, scores.shape[1], -1)  # (R, K, 4); a view when class-agnostic
+    classes, regions = dense_per_class_nms(
+        dense.transpose(0, 1), scores.t(), score_thresh, nms_thresh
+    )
+    kept_scores = scores[regions, classes]
+    count = kept_scores.__len__()  # a traced tensor: k follows the image
+    if topk_per_image >= 0:
+        count = count.clamp(max=topk_per_image)
+    order = kept_scores.topk(count).indices
+    regions, classes = regions[order], classes[order]
+    return dense[regions, classes], kept_scores[order], torch.stack([regions, classes], dim=1)
