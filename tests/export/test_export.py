@@ -31,8 +31,9 @@ from rcnn_fixtures import small_rcnn_cfg
 BOX_ATOL, SCORE_ATOL, PROB_ATOL = 1e-3, 1e-4, 1e-3
 
 
-def _c4_cfg():
-    cfg = small_rcnn_cfg(mask=True)
+def _c4_cfg(mask: bool):
+    # Detectron2's Res5ROIHeads has no keypoint head, and its zoo no cascade C4 model
+    cfg = small_rcnn_cfg(mask=mask)
     cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res4"]
     cfg.MODEL.RPN.IN_FEATURES = ["res4"]
@@ -78,7 +79,8 @@ CONFIGS = {
     "mask_fpn": lambda: small_rcnn_cfg(mask=True),
     "keypoint_fpn": lambda: small_rcnn_cfg(keypoint=True),
     "cascade_mask_fpn": lambda: small_rcnn_cfg(mask=True, cascade=True),
-    "mask_c4": _c4_cfg,
+    "faster_c4": lambda: _c4_cfg(mask=False),
+    "mask_c4": lambda: _c4_cfg(mask=True),
     "retinanet": lambda: _dense_cfg("RetinaNet"),
     "fcos": lambda: _dense_cfg("FCOS"),
     "semantic_fpn": lambda: _seg_cfg("SemanticSegmentor"),
@@ -163,11 +165,12 @@ def assert_outputs_match(expected: dict, actual: dict, box_atol: float | None = 
         torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=atol, msg=name)
 
 
-def test_onnx_c4_mask_rcnn_matches_eager_within_the_export_box_tolerance(tmp_path):
+@pytest.mark.parametrize("name", ["faster_c4", "mask_c4"])
+def test_onnx_c4_rcnn_matches_eager_within_the_export_box_tolerance(name, tmp_path):
     # res5 runs per region in the C4 head and onnxruntime's RoiAlign + convolutions sum in
     # another order: measured box differences reach 3.6e-3 px, inside the 1e-2 px that the
     # export requirements allow (issue 10), though above the 1e-3 the FPN models meet.
-    model, cfg = build_small_model("mask_c4")
+    model, cfg = build_small_model(name)
     sample, other = sample_images()
     path = export_onnx(model, sample, str(tmp_path / "model.onnx"), cfg=cfg)
     for image in (sample, other):
@@ -190,6 +193,7 @@ def _eager(model, image, postprocess="outside"):
         "cascade_mask_fpn",
         "retinanet",
         "fcos",
+        "semantic_fpn",
         "panoptic_fpn",
     ],
 )
