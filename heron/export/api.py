@@ -19,13 +19,14 @@ Which exporter does what, with torch 2.14:
 - ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) on a
   trace of `TracingAdapter`, as Detectron2 does. torchvision's `nms` and `roi_align`
   become the standard ONNX NonMaxSuppression and RoiAlign.
-- `torch.export.export` (non-strict) captures every supported model but keypoint ones.
-  Model code that validates data (non-finite boxes, matching Instances lengths, empty
-  inputs) filters unconditionally or skips the check while exporting, so that the number
-  of detections is a data-dependent size, not a guard. Keypoint decoding
-  (`heatmaps_to_keypoints`) loops over the detections, each resized to its own box size;
-  torch.export has no loop over a data-dependent count, so keypoint models raise
-  `ExportError` (ONNX and TorchScript script that loop).
+- `torch.export.export` (non-strict) captures every supported model. Model code that
+  validates data (non-finite boxes, matching Instances lengths, empty inputs) filters
+  unconditionally or skips the check while exporting, so that the number of detections is
+  a data-dependent size, not a guard. Keypoint decoding (`heatmaps_to_keypoints`) resizes
+  each detection's heatmap to its own box size; torch.export has no loop over a
+  data-dependent count, so the loop is unrolled TEST.DETECTIONS_PER_IMAGE times
+  (`heron.structures.keypoints.export_region_bound`; an uncapped model raises
+  `ExportError`).
 - Keypoint decoding is scripted while tracing, so the ONNX graph holds a Loop over the
   detections.
 - A torch.export program holds for the sizes that share the sample's special cases:
@@ -34,14 +35,16 @@ Which exporter does what, with torch 2.14:
   sides are not multiples of 32 and whose coarsest map is at least 2 x 2; other sizes then
   raise a guard error when run.
 - TorchScript: `torch.jit.trace` (`torch.jit.script` is deprecated; only the keypoint
-  decoding loop is scripted, by `torch.jit.script_if_tracing`). A trace records the branches taken for the sample image; Heron's inference has no
-  branch on the image size or the number of detections once traced (sizes stay tensors),
-  so the traced module runs on other sizes, but a branch that depends on the data (e.g. a
-  detector whose sample produced no detection at all) is frozen to the sample's path.
+  decoding loop is scripted, by `torch.jit.script_if_tracing`). A trace records the
+  branches taken for the sample image; Heron's inference has no branch on the image size
+  or the number of detections once traced (sizes stay tensors), so the traced module runs
+  on other sizes, but a branch that depends on the data (e.g. a detector whose sample
+  produced no detection at all) is frozen to the sample's path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -55,6 +58,7 @@ from torch.nn import functional as F
 from heron.export.flatten import TracingAdapter
 from heron.modeling.postprocessing import detector_postprocess
 from heron.structures.image_list import ImageList
+from heron.structures.keypoints import export_region_bound
 
 __all__ = [
     "DEPLOY_FORMAT",
@@ -324,6 +328,28 @@ def export_torchscript(
     return path
 
 
+def _keypoint_export_bound(model: nn.Module) -> Any:
+    """A context in which torch.export can capture the model's keypoint decoding.
+
+    The decoding is unrolled for the most detections the box predictor keeps per image
+    (TEST.DETECTIONS_PER_IMAGE); see `heron.structures.keypoints.export_region_bound`.
+    """
+    roi_heads = getattr(model, "roi_heads", None)
+    if not getattr(roi_heads, "keypoint_on", False):
+        return contextlib.nullcontext()
+    predictor = roi_heads.box_predictor
+    if isinstance(predictor, nn.ModuleList):  # cascade: the last stage keeps the detections
+        predictor = predictor[-1]
+    bound = predictor.test_topk_per_image
+    if bound < 0:
+        raise ExportError(
+            "a keypoint model with TEST.DETECTIONS_PER_IMAGE < 0 (no limit) cannot be exported "
+            "with torch.export: its keypoint decoding is unrolled once per possible detection; "
+            "set TEST.DETECTIONS_PER_IMAGE"
+        )
+    return export_region_bound(bound)
+
+
 def export_torch_export(
     model: nn.Module,
     sample_inputs: Any,
@@ -335,29 +361,22 @@ def export_torch_export(
     """Export with `torch.export.export` (dynamic H and W) and save with `torch.export.save`.
 
     Raises:
-        ExportError: a keypoint model (see the module docstring), or the exporter cannot
-            capture the model (its reason is included).
+        ExportError: a keypoint model without a detection cap (see the module docstring),
+            or the exporter cannot capture the model (its reason is included).
 
     Returns:
         `path`.
     """
     arch = _meta_architecture(model)
     image = _sample_image(sample_inputs)
-    if getattr(getattr(model, "roi_heads", None), "keypoint_on", False):
-        raise ExportError(
-            f"{arch} with a keypoint head cannot be exported with torch.export: "
-            "heatmaps_to_keypoints (heron/structures/keypoints.py) resizes each detection's "
-            "heatmap to its own box size in a loop over the detections, and torch.export "
-            "has no loop over a data-dependent count; export to ONNX or TorchScript, "
-            "which script that loop"
-        )
     adapter, names = _adapter(model, image, postprocess)
     shapes = None
     if dynamic:
         # forward(*args): the varargs are one tuple, hence the extra nesting
         shapes = (({1: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO},),)
     try:
-        program = torch.export.export(adapter, (image,), dynamic_shapes=shapes, strict=False)
+        with _keypoint_export_bound(model):
+            program = torch.export.export(adapter, (image,), dynamic_shapes=shapes, strict=False)
     except Exception as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         # the exporter names the model line it stopped at in a 'File "..."' line

@@ -10,7 +10,8 @@ Shapes:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["Keypoints", "heatmaps_to_keypoints"]
+__all__ = ["Keypoints", "export_region_bound", "heatmaps_to_keypoints"]
 
 
 class Keypoints:
@@ -167,7 +168,83 @@ def heatmaps_to_keypoints(maps: Tensor, rois: Tensor) -> Tensor:
             f"heatmaps_to_keypoints: need maps (N, K, S, S) and rois (N, 4) with the same N, "
             f"got {tuple(maps.shape)} and {tuple(rois.shape)}"
         )
+    if torch.compiler.is_exporting():
+        if _EXPORT_REGION_BOUND is None:
+            raise RuntimeError(
+                "heatmaps_to_keypoints under torch.export needs a bound on the regions per "
+                "call: wrap the export in heron.structures.keypoints.export_region_bound(n)"
+            )
+        return _decode_heatmaps_unrolled(maps.detach(), rois.detach(), _EXPORT_REGION_BOUND)
     return _decode_heatmaps(maps.detach(), rois.detach())
+
+
+# While torch.export captures `heatmaps_to_keypoints`: the most regions one call decodes
+# (see `export_region_bound`); None otherwise.
+_EXPORT_REGION_BOUND: int | None = None
+
+
+@contextlib.contextmanager
+def export_region_bound(bound: int) -> Iterator[None]:
+    """Let torch.export capture `heatmaps_to_keypoints` for up to `bound` regions per call.
+
+    torch.export cannot loop over a count that depends on the data, so while exporting
+    the decoding is unrolled `bound` times (e.g. the model's detections per image), and the
+    program checks at run time that no call gets more regions.
+    """
+    global _EXPORT_REGION_BOUND
+    if not isinstance(bound, int) or bound < 1:
+        raise ValueError(f"export_region_bound: bound must be a positive int, got {bound!r}")
+    previous, _EXPORT_REGION_BOUND = _EXPORT_REGION_BOUND, bound
+    try:
+        yield
+    finally:
+        _EXPORT_REGION_BOUND = previous
+
+
+def _region_geometry(rois: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per region: x0, y0, ceil(h), ceil(w), and the corrections h / ceil(h), w / ceil(w)."""
+    widths = (rois[:, 2] - rois[:, 0]).clamp(min=1)
+    heights = (rois[:, 3] - rois[:, 1]).clamp(min=1)
+    widths_ceil = widths.ceil()
+    heights_ceil = heights.ceil()
+    return (
+        rois[:, 0],
+        rois[:, 1],
+        heights_ceil,
+        widths_ceil,
+        heights / heights_ceil,
+        widths / widths_ceil,
+    )
+
+
+def _decode_region(
+    maps: Tensor,
+    outsize: list[int],
+    offset_x: Tensor,
+    offset_y: Tensor,
+    height_correction: Tensor,
+    width_correction: Tensor,
+) -> Tensor:
+    """Decode one region's (1, K, S, S) heatmap resized to `outsize`: (K, 4) x, y, logit, score."""
+    num_keypoints = maps.shape[1]
+    roi_map = F.interpolate(maps, size=outsize, mode="bicubic", align_corners=False)
+    width = roi_map.size(3)
+    roi_map = roi_map[0].reshape(num_keypoints, -1)  # (K, ceil(h) * ceil(w))
+
+    # Softmax over space at full resolution, normalized over the S x S map.
+    max_score = roi_map.max(1).values.view(num_keypoints, 1)
+    tmp_full_resolution = (roi_map - max_score).exp()
+    tmp_pool_resolution = (maps[0].reshape(num_keypoints, -1) - max_score).exp()
+    roi_map_scores = tmp_full_resolution / tmp_pool_resolution.sum(1, keepdim=True)
+
+    pos = roi_map.argmax(1, keepdim=True)  # (K, 1)
+    x_int = pos % width
+    y_int = torch.div(pos, width, rounding_mode="floor")
+    x = (x_int.float() + 0.5) * width_correction + offset_x
+    y = (y_int.float() + 0.5) * height_correction + offset_y
+    logit = roi_map.gather(1, pos)
+    score = roi_map_scores.gather(1, pos)
+    return torch.cat([x, y, logit, score], dim=1)
 
 
 @torch.jit.script_if_tracing
@@ -179,37 +256,45 @@ def _decode_heatmaps(maps: Tensor, rois: Tensor) -> Tensor:
     so the exported loop runs over however many regions an image has, at their box sizes
     (an ONNX Loop).
     """
-    offset_x = rois[:, 0]
-    offset_y = rois[:, 1]
-    widths = (rois[:, 2] - rois[:, 0]).clamp(min=1)
-    heights = (rois[:, 3] - rois[:, 1]).clamp(min=1)
-    widths_ceil = widths.ceil()
-    heights_ceil = heights.ceil()
-    width_corrections = widths / widths_ceil
-    height_corrections = heights / heights_ceil
-
-    num_keypoints = maps.shape[1]
+    offset_x, offset_y, heights_ceil, widths_ceil, height_corr, width_corr = _region_geometry(rois)
     rows: list[Tensor] = []
     for i in range(maps.shape[0]):
         outsize = [int(heights_ceil[i]), int(widths_ceil[i])]
-        roi_map = F.interpolate(maps[i : i + 1], size=outsize, mode="bicubic", align_corners=False)
-        width = roi_map.size(3)
-        roi_map = roi_map[0].reshape(num_keypoints, -1)  # (K, ceil(h) * ceil(w))
-
-        # Softmax over space at full resolution, normalized over the S x S map.
-        max_score = roi_map.max(1).values.view(num_keypoints, 1)
-        tmp_full_resolution = (roi_map - max_score).exp()
-        tmp_pool_resolution = (maps[i].reshape(num_keypoints, -1) - max_score).exp()
-        roi_map_scores = tmp_full_resolution / tmp_pool_resolution.sum(1, keepdim=True)
-
-        pos = roi_map.argmax(1, keepdim=True)  # (K, 1)
-        x_int = pos % width
-        y_int = torch.div(pos, width, rounding_mode="floor")
-        x = (x_int.float() + 0.5) * width_corrections[i] + offset_x[i]
-        y = (y_int.float() + 0.5) * height_corrections[i] + offset_y[i]
-        logit = roi_map.gather(1, pos)
-        score = roi_map_scores.gather(1, pos)
-        rows.append(torch.cat([x, y, logit, score], dim=1))
+        rows.append(
+            _decode_region(
+                maps[i : i + 1], outsize, offset_x[i], offset_y[i], height_corr[i], width_corr[i]
+            )
+        )
     if len(rows) == 0:
-        return maps.new_zeros((0, num_keypoints, 4))
+        return maps.new_zeros((0, maps.shape[1], 4))
     return torch.stack(rows)
+
+
+def _decode_heatmaps_unrolled(maps: Tensor, rois: Tensor, bound: int) -> Tensor:
+    """`_decode_heatmaps` for torch.export: `bound` unrolled steps, the first n kept.
+
+    Step i decodes region min(i, n), where region n is a padding region (a 1 x 1 box), so
+    every step is valid for any n <= bound; sizes are unbacked integers of the program.
+    """
+    num = maps.shape[0]
+    torch._check(num <= bound, lambda: f"{num} regions exceed the exported bound {bound}")
+    maps = torch.cat([maps, maps.new_zeros((1, *maps.shape[1:]))])
+    rois = torch.cat([rois, rois.new_tensor([[0.0, 0.0, 1.0, 1.0]])])
+    offset_x, offset_y, heights_ceil, widths_ceil, height_corr, width_corr = _region_geometry(rois)
+    rows = []
+    for i in range(bound):
+        j = torch.sym_min(i, num)
+        height, width = heights_ceil[j].long().item(), widths_ceil[j].long().item()
+        torch._check(height >= 1)
+        torch._check(width >= 1)
+        rows.append(
+            _decode_region(
+                maps[j : j + 1],
+                [height, width],
+                offset_x[j],
+                offset_y[j],
+                height_corr[j],
+                width_corr[j],
+            )
+        )
+    return torch.stack(rows)[:num]

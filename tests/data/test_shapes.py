@@ -287,11 +287,14 @@ _ALL_SHAPES_NAMES = (
 
 @pytest.fixture
 def fresh_shapes_catalog(tmp_path):
-    """Register the shapes names under tmp_path for one test, then remove them."""
+    """Register the shapes names under tmp_path for one test, then put back the
+    registrations made on import (later tests in this process use them)."""
     from heron.data.catalog import DatasetCatalog, MetadataCatalog
 
+    saved = {}
     for name in _ALL_SHAPES_NAMES:
         if name in DatasetCatalog.list():
+            saved[name] = (DatasetCatalog.data[name], MetadataCatalog.data.get(name))
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
     register_shapes(str(tmp_path))
@@ -299,6 +302,10 @@ def fresh_shapes_catalog(tmp_path):
     for name in _ALL_SHAPES_NAMES:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+    for name, (loader, metadata) in saved.items():
+        DatasetCatalog.data[name] = loader
+        if metadata is not None:
+            MetadataCatalog.data[name] = metadata
 
 
 def test_register_shapes_generates_on_first_get(tmp_path, fresh_shapes_catalog):

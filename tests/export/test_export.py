@@ -347,9 +347,27 @@ def test_torch_export_round_trip_matches_eager_on_another_size(name, tmp_path):
         assert counts[0] != counts[1], counts  # the program's count is not the sample's
 
 
-def test_torch_export_refuses_keypoint_models_naming_the_decoder(tmp_path):
+def test_torch_export_of_keypoint_rcnn_unrolls_decoding_up_to_the_detection_cap(tmp_path):
+    # torch.export cannot loop over a data-dependent count: the keypoint decoding is
+    # unrolled TEST.DETECTIONS_PER_IMAGE times (20 here, to keep the export short) and
+    # the first n results kept, so images with fewer detections than the cap work too.
     model, _ = build_small_model("keypoint_fpn")
-    with pytest.raises(ExportError, match=r"torch\.export.*heatmaps_to_keypoints"):
+    model.roi_heads.box_predictor.test_topk_per_image = 20
+    model.roi_heads.box_predictor.test_score_thresh = 0.98
+    sample, other = sample_images()
+    path = export_torch_export(model, sample, str(tmp_path / "model.pt2"))
+    counts = []
+    for image in (sample, other, other[:, :70, :66]):
+        expected = _eager(model, image)
+        assert_outputs_match(expected, run_exported(path, image))
+        counts.append(len(expected["keypoints"]))
+    assert min(counts) < 20 and len(set(counts)) > 1, counts
+
+
+def test_torch_export_of_keypoint_rcnn_needs_a_detection_cap(tmp_path):
+    model, _ = build_small_model("keypoint_fpn")
+    model.roi_heads.box_predictor.test_topk_per_image = -1
+    with pytest.raises(ExportError, match=r"TEST\.DETECTIONS_PER_IMAGE < 0 .*torch\.export"):
         export_torch_export(model, sample_images()[0], str(tmp_path / "model.pt2"))
     assert not (tmp_path / "model.pt2").exists()
 

@@ -178,3 +178,16 @@ def test_heatmaps_round_trip_through_to_heatmap():
     maps.view(1, 1, -1)[0, 0, heatmaps[0, 0]] = 4.0
     out = heatmaps_to_keypoints(maps, box)
     torch.testing.assert_close(out[0, 0, :2], torch.tensor([5.5, 2.5]))  # the cell centre
+
+
+def test_export_region_bound_takes_a_positive_int_and_restores_the_previous_bound():
+    from heron.structures import keypoints as kp
+
+    with pytest.raises(ValueError, match="bound must be a positive int, got 0"):
+        kp.export_region_bound(0).__enter__()
+    assert kp._EXPORT_REGION_BOUND is None
+    with kp.export_region_bound(7):
+        with kp.export_region_bound(3):
+            assert kp._EXPORT_REGION_BOUND == 3
+        assert kp._EXPORT_REGION_BOUND == 7
+    assert kp._EXPORT_REGION_BOUND is None

@@ -169,12 +169,16 @@ class FastRCNNOutputLayers(nn.Module):
                 )
             self.register_buffer("fed_loss_cls_weights", weights)
 
+    # The box coding from_config builds with ROI_BOX_HEAD.BBOX_REG_WEIGHTS (rotated
+    # subclass: the rotated one).
+    _box_coder = Box2BoxTransform
+
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
         box_head = cfg.MODEL.ROI_BOX_HEAD
         return {
             "input_shape": input_shape,
-            "box2box_transform": Box2BoxTransform(weights=box_head.BBOX_REG_WEIGHTS),
+            "box2box_transform": cls._box_coder(weights=box_head.BBOX_REG_WEIGHTS),
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "cls_agnostic_bbox_reg": box_head.CLS_AGNOSTIC_BBOX_REG,
             "smooth_l1_beta": box_head.SMOOTH_L1_BETA,

@@ -24,7 +24,7 @@ from heron.modeling.box_regression import Box2BoxTransformRotated
 from heron.modeling.poolers import ROIPooler
 from heron.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from heron.modeling.roi_heads.box_head import build_box_head
-from heron.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, get_fed_loss_cls_weights
+from heron.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from heron.modeling.roi_heads.fast_rcnn_inference import threshold_nms_topk
 from heron.modeling.roi_heads.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from heron.structures.instances import Instances
@@ -114,6 +114,8 @@ class RotatedFastRCNNOutputLayers(FastRCNNOutputLayers):
     Takes `FastRCNNOutputLayers`' arguments with a `Box2BoxTransformRotated`.
     """
 
+    _box_coder = Box2BoxTransformRotated
+
     @configurable
     def __init__(self, input_shape: ShapeSpec | int, **kwargs: Any) -> None:
         super().__init__(input_shape, **kwargs)
@@ -136,25 +138,7 @@ class RotatedFastRCNNOutputLayers(FastRCNNOutputLayers):
                 "rotated Fast R-CNN needs 5 values in MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS "
                 f"(dx, dy, dw, dh, da), got {tuple(box_head.BBOX_REG_WEIGHTS)}"
             )
-        # FastRCNNOutputLayers.from_config's keys, with the rotated box coding.
-        return {
-            "input_shape": input_shape,
-            "box2box_transform": Box2BoxTransformRotated(weights=box_head.BBOX_REG_WEIGHTS),
-            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-            "cls_agnostic_bbox_reg": box_head.CLS_AGNOSTIC_BBOX_REG,
-            "smooth_l1_beta": box_head.SMOOTH_L1_BETA,
-            "test_score_thresh": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
-            "test_nms_thresh": cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
-            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "box_reg_loss_type": box_head.BBOX_REG_LOSS_TYPE,
-            "loss_weight": {"loss_box_reg": box_head.BBOX_REG_LOSS_WEIGHT},
-            "use_fed_loss": box_head.USE_FED_LOSS,
-            "use_sigmoid_ce": box_head.USE_SIGMOID_CE,
-            "get_fed_loss_cls_weights": lambda: get_fed_loss_cls_weights(
-                cfg.DATASETS.TRAIN, box_head.FED_LOSS_FREQ_WEIGHT_POWER
-            ),
-            "fed_loss_num_classes": box_head.FED_LOSS_NUM_CLASSES,
-        }
+        return super().from_config(cfg, input_shape)
 
     def inference(
         self, predictions: tuple[Tensor, Tensor], proposals: list[Instances]
