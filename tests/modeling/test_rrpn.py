@@ -70,6 +70,14 @@ def test_find_top_rrpn_proposals_drops_non_finite_in_inference_and_raises_in_tra
         find_top_rrpn_proposals([boxes], [logits], [(100, 100)], 0.7, 10, 10, 0.0, True)
 
 
+def test_find_top_rrpn_proposals_drops_a_nan_box_in_inference():
+    # RotatedBoxes refuses NaN, so the filter must run before the boxes are wrapped
+    boxes, logits = _level([[20, 20, 10, 10, 0], [60, 60, 10, 10, 20]], [0.5, 0.9])
+    boxes[0, 1, 2] = float("nan")
+    (result,) = find_top_rrpn_proposals([boxes], [logits], [(100, 100)], 0.7, 10, 10, 0.0, False)
+    torch.testing.assert_close(result.proposal_boxes.tensor, torch.tensor([[20.0, 20, 10, 10, 0]]))
+
+
 def test_find_top_rrpn_proposals_without_survivors_keeps_five_columns():
     boxes, logits = _level([[20, 20, 1, 1, 0]], [0.5])
     (result,) = find_top_rrpn_proposals([boxes], [logits], [(50, 50)], 0.7, 10, 10, 2.0, False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,10 +15,6 @@ from heron.structures.boxes import Boxes, _is_tracing_or_compiling
 from heron.structures.instances import Instances
 
 __all__ = ["add_ground_truth_to_proposals", "find_top_rpn_proposals"]
-
-
-def _is_tracing() -> bool:
-    return _is_tracing_or_compiling()
 
 
 def _top_k_per_level(
@@ -73,6 +71,40 @@ def find_top_rpn_proposals(
     topk_proposals, topk_scores, level_ids = _top_k_per_level(
         proposals, pred_objectness_logits, pre_nms_topk
     )
+    return _select_per_image(
+        (topk_proposals, topk_scores, level_ids),
+        image_sizes,
+        nms_thresh,
+        post_nms_topk,
+        min_box_size,
+        training,
+        Boxes,
+        batched_nms,
+    )
+
+
+def _select_per_image(
+    top_k: tuple[Tensor, Tensor, Tensor],
+    image_sizes: list[tuple[int, int]],
+    nms_thresh: float,
+    post_nms_topk: int,
+    min_box_size: float,
+    training: bool,
+    box_type: Callable[[Tensor], Any],
+    nms: Callable[[Tensor, Tensor, Tensor, float], Tensor],
+) -> list[Instances]:
+    """The per-image steps axis-aligned and rotated proposals share: drop non-finite
+    proposals (raise in training), clip with ``box_type(...).clip``, drop small boxes,
+    NMS per level with `nms`, keep the top `post_nms_topk`.
+
+    Args:
+        top_k: `_top_k_per_level`'s (N, K*L, B) proposals, (N, K*L) scores and (K*L,)
+            level ids.
+        box_type: `Boxes` or `RotatedBoxes`.
+        nms: `batched_nms` or `batched_nms_rotated`.
+        Others: as `find_top_rpn_proposals`.
+    """
+    topk_proposals, topk_scores, level_ids = top_k
     results = []
     for n, image_size in enumerate(image_sizes):
         boxes, scores, levels = topk_proposals[n], topk_scores[n], level_ids
@@ -82,14 +114,14 @@ def find_top_rpn_proposals(
                 raise FloatingPointError(
                     "Predicted boxes or scores contain Inf/NaN. Training has diverged."
                 )
-        elif _is_tracing() or not valid.all():  # a graph filters whatever the values are
+        elif _is_tracing_or_compiling() or not valid.all():  # a graph filters in any case
             boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
-        boxes = Boxes(boxes)
+        boxes = box_type(boxes)
         boxes.clip(image_size)
         keep = boxes.nonempty(threshold=min_box_size)
-        if _is_tracing() or keep.sum().item() != len(boxes):
+        if _is_tracing_or_compiling() or keep.sum().item() != len(boxes):
             boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
-        keep = batched_nms(boxes.tensor, scores, levels, nms_thresh)[:post_nms_topk]
+        keep = nms(boxes.tensor, scores, levels, nms_thresh)[:post_nms_topk]
         result = Instances(image_size)
         result.proposal_boxes = boxes[keep]
         result.objectness_logits = scores[keep]

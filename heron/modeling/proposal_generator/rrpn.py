@@ -19,7 +19,7 @@ from heron.layers.nms import batched_nms_rotated
 from heron.layers.shape_spec import ShapeSpec
 from heron.modeling.box_regression import Box2BoxTransformRotated
 from heron.modeling.proposal_generator.build import PROPOSAL_GENERATOR_REGISTRY
-from heron.modeling.proposal_generator.proposal_utils import _is_tracing, _top_k_per_level
+from heron.modeling.proposal_generator.proposal_utils import _select_per_image, _top_k_per_level
 from heron.modeling.proposal_generator.rpn import RPN
 from heron.structures.instances import Instances
 from heron.structures.rotated_boxes import RotatedBoxes, pairwise_iou
@@ -63,29 +63,17 @@ def find_top_rrpn_proposals(
             raise ValueError(
                 f"proposals[{i}] must be (N, Hi*Wi*A, 5) rotated boxes, got {tuple(p.shape)}"
             )
-    topk_proposals, topk_scores, level_ids = _top_k_per_level(
-        proposals, pred_objectness_logits, pre_nms_topk
-    )  # (N, K*L, 5), (N, K*L), (K*L,)
-    results = []
-    for n, image_size in enumerate(image_sizes):
-        boxes, scores, levels = RotatedBoxes(topk_proposals[n]), topk_scores[n], level_ids
-        valid = torch.isfinite(boxes.tensor).all(dim=1) & torch.isfinite(scores)
-        if not valid.all():
-            if training:
-                raise FloatingPointError(
-                    "Predicted boxes or scores contain Inf/NaN. Training has diverged."
-                )
-            boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
-        boxes.clip(image_size)
-        keep = boxes.nonempty(threshold=min_box_size)
-        if _is_tracing() or keep.sum().item() != len(boxes):
-            boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
-        keep = batched_nms_rotated(boxes.tensor, scores, levels, nms_thresh)[:post_nms_topk]
-        result = Instances(image_size)
-        result.proposal_boxes = boxes[keep]
-        result.objectness_logits = scores[keep]
-        results.append(result)
-    return results
+    top_k = _top_k_per_level(proposals, pred_objectness_logits, pre_nms_topk)
+    return _select_per_image(
+        top_k,
+        image_sizes,
+        nms_thresh,
+        post_nms_topk,
+        min_box_size,
+        training,
+        RotatedBoxes,
+        batched_nms_rotated,
+    )
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
