@@ -163,6 +163,10 @@ class ROIHeads(nn.Module, metaclass=ABCMeta):
         sampled = torch.cat([fg_idxs, bg_idxs], dim=0)
         return sampled, gt_classes[sampled]
 
+    def _match_quality(self, gt_boxes: Boxes, proposal_boxes: Boxes) -> Tensor:
+        """(G, P) IoU of ground-truth and proposal boxes, what the proposal matcher uses."""
+        return pairwise_iou(gt_boxes, proposal_boxes)
+
     @torch.no_grad()
     def label_and_sample_proposals(
         self, proposals: list[Instances], targets: list[Instances]
@@ -173,7 +177,7 @@ class ROIHeads(nn.Module, metaclass=ABCMeta):
             proposals = add_ground_truth_to_proposals(targets, proposals)
         sampled_proposals, num_fg, num_bg = [], [], []
         for per_image, targets_per_image in zip(proposals, targets):
-            iou = pairwise_iou(targets_per_image.gt_boxes, per_image.proposal_boxes)
+            iou = self._match_quality(targets_per_image.gt_boxes, per_image.proposal_boxes)
             matched_idxs, matched_labels = self.proposal_matcher(iou)
             sampled_idxs, gt_classes = self._sample_proposals(
                 matched_idxs, matched_labels, targets_per_image.gt_classes

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import torch
 from torch import Tensor
 
 from heron.config.config import CfgNode, configurable
@@ -22,14 +20,12 @@ from heron.layers.roi_align_rotated import ROIAlignRotated
 from heron.layers.shape_spec import ShapeSpec
 from heron.modeling.box_regression import Box2BoxTransformRotated
 from heron.modeling.poolers import ROIPooler
-from heron.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from heron.modeling.roi_heads.box_head import build_box_head
 from heron.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from heron.modeling.roi_heads.fast_rcnn_inference import threshold_nms_topk
 from heron.modeling.roi_heads.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from heron.structures.instances import Instances
 from heron.structures.rotated_boxes import RotatedBoxes, pairwise_iou
-from heron.utils.events import try_get_event_storage
 
 __all__ = [
     "RROIHeads",
@@ -212,44 +208,8 @@ class RROIHeads(StandardROIHeads):
             "box_predictor": RotatedFastRCNNOutputLayers(cfg, box_head.output_shape),
         }
 
-    @torch.no_grad()
-    def label_and_sample_proposals(
-        self, proposals: list[Instances], targets: list[Instances]
-    ) -> list[Instances]:
-        """Sampled training regions labelled by rotated IoU with the ground truth.
-
-        Args:
-            proposals: per image, ``proposal_boxes`` (`RotatedBoxes`) and
-                ``objectness_logits``.
-            targets: per image, ``gt_boxes`` (`RotatedBoxes`) and ``gt_classes``.
-
-        Returns:
-            Per image, the sampled regions with ``gt_classes`` (K for background) and, when
-            the image has ground truth, the ``gt_boxes`` they were matched to.
-        """
-        if self.proposal_append_gt:
-            proposals = add_ground_truth_to_proposals(targets, proposals)
-        sampled_proposals, num_fg, num_bg = [], [], []
-        for per_image, targets_per_image in zip(proposals, targets):
-            gt_boxes = targets_per_image.gt_boxes
-            if not isinstance(gt_boxes, RotatedBoxes):
-                raise TypeError(
-                    f"RROIHeads needs RotatedBoxes gt_boxes, got {type(gt_boxes).__name__}"
-                )
-            iou = pairwise_iou(gt_boxes, per_image.proposal_boxes)  # (G, P)
-            matched_idxs, matched_labels = self.proposal_matcher(iou)
-            sampled_idxs, gt_classes = self._sample_proposals(
-                matched_idxs, matched_labels, targets_per_image.gt_classes
-            )
-            per_image = per_image[sampled_idxs]
-            per_image.gt_classes = gt_classes
-            if len(targets_per_image) > 0:
-                per_image.gt_boxes = gt_boxes[matched_idxs[sampled_idxs]]
-            num_bg.append(int((gt_classes == self.num_classes).sum()))
-            num_fg.append(gt_classes.numel() - num_bg[-1])
-            sampled_proposals.append(per_image)
-        storage = try_get_event_storage()
-        if storage is not None:
-            storage.put_scalar("roi_head/num_fg_samples", float(np.mean(num_fg)))
-            storage.put_scalar("roi_head/num_bg_samples", float(np.mean(num_bg)))
-        return sampled_proposals
+    def _match_quality(self, gt_boxes: RotatedBoxes, proposal_boxes: RotatedBoxes) -> Tensor:
+        """(G, P) rotated IoU of ground-truth and proposal boxes."""
+        if not isinstance(gt_boxes, RotatedBoxes):
+            raise TypeError(f"RROIHeads needs RotatedBoxes gt_boxes, got {type(gt_boxes).__name__}")
+        return pairwise_iou(gt_boxes, proposal_boxes)
