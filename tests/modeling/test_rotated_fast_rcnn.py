@@ -13,6 +13,7 @@ from heron.modeling.roi_heads.rotated_fast_rcnn import (
     fast_rcnn_inference_rotated,
     fast_rcnn_inference_single_image_rotated,
 )
+from heron.structures.boxes import Boxes
 from heron.structures.instances import Instances
 from heron.structures.rotated_boxes import RotatedBoxes, pairwise_iou
 from heron.utils.events import EventStorage
@@ -235,6 +236,22 @@ def test_rroi_heads_label_proposals_by_rotated_iou():
     torch.testing.assert_close(sampled.gt_classes, torch.tensor([1, 2]))
     torch.testing.assert_close(sampled.proposal_boxes.tensor[:, 4], torch.tensor([180.0, 90.0]))
     torch.testing.assert_close(sampled.gt_boxes.tensor, gt.tensor.repeat(2, 1))
+
+
+def test_rroi_heads_refuse_axis_aligned_ground_truth():
+    cfg = _rroi_cfg()
+    cfg.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = False
+    heads = build_roi_heads(cfg, SHAPES)
+    targets = Instances(
+        IMAGE, gt_boxes=Boxes(torch.tensor([[20.0, 38, 60, 42]])), gt_classes=torch.tensor([1])
+    )
+    proposals = Instances(
+        IMAGE,
+        proposal_boxes=RotatedBoxes(torch.tensor([[40.0, 40, 40, 4, 0]])),
+        objectness_logits=torch.tensor([1.0]),
+    )
+    with pytest.raises(TypeError, match="RROIHeads needs RotatedBoxes gt_boxes, got Boxes"):
+        heads.label_and_sample_proposals([proposals], [targets])
 
 
 # ------------------------------------------------------------------ training
