@@ -172,6 +172,8 @@ class FastRCNNOutputLayers(nn.Module):
     # The box coding from_config builds with ROI_BOX_HEAD.BBOX_REG_WEIGHTS (rotated
     # subclass: the rotated one).
     _box_coder = Box2BoxTransform
+    # The multi-image inference `inference` runs (rotated subclass: the rotated one).
+    _inference = staticmethod(fast_rcnn_inference)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> dict[str, Any]:
@@ -290,11 +292,12 @@ class FastRCNNOutputLayers(nn.Module):
     def inference(
         self, predictions: tuple[Tensor, Tensor], proposals: list[Instances]
     ) -> tuple[list[Instances], list[Tensor]]:
-        """Final detections per image (see `fast_rcnn_inference`)."""
+        """Final detections per image (see `fast_rcnn_inference`; the rotated subclass:
+        `fast_rcnn_inference_rotated`)."""
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)
         image_shapes = [x.image_size for x in proposals]
-        return fast_rcnn_inference(
+        return self._inference(
             boxes,
             scores,
             image_shapes,

@@ -17,7 +17,12 @@ from heron.structures.boxes import Boxes, _is_tracing_or_compiling
 from heron.structures.instances import Instances
 from heron.structures.rotated_boxes import RotatedBoxes
 
-__all__ = ["fast_rcnn_inference", "fast_rcnn_inference_single_image", "threshold_nms_topk"]
+__all__ = [
+    "fast_rcnn_inference",
+    "fast_rcnn_inference_single_image",
+    "per_image_inference",
+    "threshold_nms_topk",
+]
 
 
 def fast_rcnn_inference(
@@ -34,10 +39,27 @@ def fast_rcnn_inference(
         instances: per image, ``pred_boxes``, ``scores``, ``pred_classes``.
         kept_indices: per image, (D,) int64 index of the region each detection came from.
     """
-    results = [
-        fast_rcnn_inference_single_image(b, s, shape, score_thresh, nms_thresh, topk_per_image)
-        for b, s, shape in zip(boxes, scores, image_shapes)
-    ]
+    return per_image_inference(
+        fast_rcnn_inference_single_image,
+        boxes,
+        scores,
+        image_shapes,
+        score_thresh,
+        nms_thresh,
+        topk_per_image,
+    )
+
+
+def per_image_inference(
+    single_image: Callable[..., tuple[Instances, Tensor]],
+    boxes: list[Tensor] | tuple[Tensor, ...],
+    scores: list[Tensor] | tuple[Tensor, ...],
+    image_shapes: list[tuple[int, int]],
+    *args: Any,
+) -> tuple[list[Instances], list[Tensor]]:
+    """`single_image(boxes[i], scores[i], image_shapes[i], *args)` for every image, its
+    (instances, kept region indices) pairs split into two lists."""
+    results = [single_image(b, s, shape, *args) for b, s, shape in zip(boxes, scores, image_shapes)]
     return [r[0] for r in results], [r[1] for r in results]
 
 

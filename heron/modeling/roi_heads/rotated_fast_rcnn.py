@@ -22,7 +22,7 @@ from heron.modeling.box_regression import Box2BoxTransformRotated
 from heron.modeling.poolers import ROIPooler
 from heron.modeling.roi_heads.box_head import build_box_head
 from heron.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
-from heron.modeling.roi_heads.fast_rcnn_inference import threshold_nms_topk
+from heron.modeling.roi_heads.fast_rcnn_inference import per_image_inference, threshold_nms_topk
 from heron.modeling.roi_heads.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from heron.structures.instances import Instances
 from heron.structures.rotated_boxes import RotatedBoxes, pairwise_iou
@@ -51,13 +51,15 @@ def fast_rcnn_inference_rotated(
         instances: per image, ``pred_boxes`` (`RotatedBoxes`), ``scores``, ``pred_classes``.
         kept_indices: per image, (D,) int64 index of the region each detection came from.
     """
-    results = [
-        fast_rcnn_inference_single_image_rotated(
-            b, s, shape, score_thresh, nms_thresh, topk_per_image
-        )
-        for b, s, shape in zip(boxes, scores, image_shapes)
-    ]
-    return [r[0] for r in results], [r[1] for r in results]
+    return per_image_inference(
+        fast_rcnn_inference_single_image_rotated,
+        boxes,
+        scores,
+        image_shapes,
+        score_thresh,
+        nms_thresh,
+        topk_per_image,
+    )
 
 
 def fast_rcnn_inference_single_image_rotated(
@@ -111,6 +113,7 @@ class RotatedFastRCNNOutputLayers(FastRCNNOutputLayers):
     """
 
     _box_coder = Box2BoxTransformRotated
+    _inference = staticmethod(fast_rcnn_inference_rotated)
 
     @configurable
     def __init__(self, input_shape: ShapeSpec | int, **kwargs: Any) -> None:
@@ -135,22 +138,6 @@ class RotatedFastRCNNOutputLayers(FastRCNNOutputLayers):
                 f"(dx, dy, dw, dh, da), got {tuple(box_head.BBOX_REG_WEIGHTS)}"
             )
         return super().from_config(cfg, input_shape)
-
-    def inference(
-        self, predictions: tuple[Tensor, Tensor], proposals: list[Instances]
-    ) -> tuple[list[Instances], list[Tensor]]:
-        """Final rotated detections per image (see `fast_rcnn_inference_rotated`)."""
-        boxes = self.predict_boxes(predictions, proposals)
-        scores = self.predict_probs(predictions, proposals)
-        image_shapes = [x.image_size for x in proposals]
-        return fast_rcnn_inference_rotated(
-            boxes,
-            scores,
-            image_shapes,
-            self.test_score_thresh,
-            self.test_nms_thresh,
-            self.test_topk_per_image,
-        )
 
 
 @ROI_HEADS_REGISTRY.register()
