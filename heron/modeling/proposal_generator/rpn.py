@@ -184,6 +184,8 @@ class RPN(nn.Module):
 
     # The box coding from_config builds with RPN.BBOX_REG_WEIGHTS (RRPN: the rotated one).
     _box_coder = Box2BoxTransform
+    # The per-image proposal selection predict_proposals runs (RRPN: the rotated one).
+    _find_top_proposals = staticmethod(find_top_rpn_proposals)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
@@ -325,7 +327,7 @@ class RPN(nn.Module):
         """Decode all anchors and keep the best proposals of each image (no gradient:
         proposals are treated as constants by the second stage, as in Detectron2)."""
         proposals = self._decode_proposals(anchors, pred_anchor_deltas)
-        return find_top_rpn_proposals(
+        return self._find_top_proposals(
             proposals,
             pred_objectness_logits,
             image_sizes,

@@ -105,6 +105,7 @@ class RRPN(RPN):
             )
 
     _box_coder = Box2BoxTransformRotated
+    _find_top_proposals = staticmethod(find_top_rrpn_proposals)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
@@ -149,24 +150,3 @@ class RRPN(RPN):
             gt_labels.append(labels)
             matched_gt_boxes.append(matched)
         return gt_labels, matched_gt_boxes
-
-    @torch.no_grad()
-    def predict_proposals(
-        self,
-        anchors: list[RotatedBoxes],
-        pred_objectness_logits: list[Tensor],
-        pred_anchor_deltas: list[Tensor],
-        image_sizes: list[tuple[int, int]],
-    ) -> list[Instances]:
-        """Decode all anchors and keep the best rotated proposals of each image."""
-        proposals = self._decode_proposals(anchors, pred_anchor_deltas)
-        return find_top_rrpn_proposals(
-            proposals,
-            pred_objectness_logits,
-            image_sizes,
-            self.nms_thresh,
-            self.pre_nms_topk[self.training],
-            self.post_nms_topk[self.training],
-            self.min_box_size,
-            self.training,
-        )
