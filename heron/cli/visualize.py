@@ -156,23 +156,11 @@ def _dataloader_images(cfg: Any, scale: float) -> Iterator[tuple[str, np.ndarray
             yield per_image["file_name"], vis.get_image()
 
 
-def _num_dataset_images(cfg: Any) -> int:
-    """How many records the training loader draws from (after its filters)."""
-    from heron.data.build import get_detection_dataset_dicts
-
-    dicts = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN,
-        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        min_keypoints=(
-            cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
-        ),
-    )
-    return len(dicts)
-
-
 def visualize_data_main(args: argparse.Namespace) -> int:
     """Run `heron visualize-data`; returns the exit code (0, or 2 on a usage error)."""
     from tqdm import tqdm
+
+    from heron.engine.defaults import DefaultTrainer
 
     if args.num_images is not None and args.num_images < 1:
         print(f"heron visualize-data: --num-images must be >= 1, got {args.num_images}")
@@ -186,7 +174,7 @@ def visualize_data_main(args: argparse.Namespace) -> int:
             total = args.num_images
         else:
             images = _dataloader_images(cfg, args.scale)
-            total = args.num_images or _num_dataset_images(cfg)
+            total = args.num_images or DefaultTrainer.train_dataset_size(cfg)
     except (FileNotFoundError, KeyError) as e:
         print(f"heron visualize-data: {e}", file=sys.stderr)
         return 2
