@@ -70,6 +70,17 @@ def _check_strides(strides: list[int], in_features: list[str]) -> None:
             )
 
 
+def _pyramid_strides(strides: list[int], top_block: nn.Module | None) -> dict[str, int]:
+    """{"p<k>": 2**k} for the pyramid levels of `strides` (powers of 2), then the
+    ``top_block.num_levels`` coarser levels the top block adds."""
+    out = {f"p{int(math.log2(s))}": s for s in strides}
+    if top_block is not None:
+        last = int(math.log2(strides[-1]))
+        for k in range(last + 1, last + 1 + top_block.num_levels):
+            out[f"p{k}"] = 2**k
+    return out
+
+
 class FPN(Backbone):
     """A top-down pyramid with lateral connections over a bottom-up backbone."""
 
@@ -141,11 +152,7 @@ class FPN(Backbone):
         self.in_features = tuple(in_features)
         self.bottom_up = bottom_up
 
-        self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
-        if top_block is not None:
-            last = int(math.log2(strides[-1]))
-            for k in range(last + 1, last + 1 + top_block.num_levels):
-                self._out_feature_strides[f"p{k}"] = 2**k
+        self._out_feature_strides = _pyramid_strides(strides, top_block)
         self._out_features = list(self._out_feature_strides)
         self._out_feature_channels = {k: out_channels for k in self._out_features}
         self._size_divisibility = strides[-1]

@@ -24,6 +24,7 @@ from heron.layers.blocks import CNNBlockBase
 from heron.layers.weight_init import c2_msra_fill
 from heron.layers.wrappers import Conv2d
 from heron.modeling.backbone.backbone import Backbone
+from heron.modeling.backbone.fpn import _pyramid_strides
 from heron.modeling.backbone.utils import (
     PatchEmbed,
     add_decomposed_rel_pos,
@@ -501,11 +502,7 @@ class SimpleFeaturePyramid(Backbone):
         self.net = net
         self.in_feature = in_feature
         self.top_block = top_block
-        self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
-        if top_block is not None:
-            last = int(math.log2(strides[-1]))
-            for k in range(last + 1, last + 1 + top_block.num_levels):
-                self._out_feature_strides[f"p{k}"] = 2**k
+        self._out_feature_strides = _pyramid_strides(strides, top_block)
         self._out_features = list(self._out_feature_strides)
         self._out_feature_channels = {k: out_channels for k in self._out_features}
         self._size_divisibility = strides[-1]
